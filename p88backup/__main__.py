@@ -1,0 +1,5 @@
+"""``python -m p88backup``."""
+
+from p88backup.entry import main
+
+main()

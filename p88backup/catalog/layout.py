@@ -1,0 +1,93 @@
+"""Where things live in storage (pure functions, no I/O).
+
+::
+
+    dumps/<id>/manifest.json               written last: a backup exists once this does
+    dumps/<id>/globals.sql.zst[.age]       pg_dumpall --globals-only
+    dumps/<id>/<db>.pgdump.zst[.age]       pg_dump custom format
+    dumps/<id>/<db>.dir/<file>.zst[.age]   pg_dump directory format, file by file
+    basebackups/<id>/manifest.json
+    basebackups/<id>/base.tar.zst[.age]    pg_basebackup tar (+ <oid>.tar for tablespaces)
+    wal/<timeline>/<segment>.zst[.age]     archived WAL, one object per file
+    drills/<id>.json                       restore drill reports
+
+Backup ids are UTC timestamps, ``20261127T021500Z``: they sort by time and a
+person can read them. Two backups in the same second get ``-01``, ``-02``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Literal
+from urllib.parse import quote, unquote
+
+Kind = Literal["dump", "basebackup"]
+KIND_DIRS: dict[str, str] = {"dump": "dumps", "basebackup": "basebackups"}
+MANIFEST = "manifest.json"
+ID_RE = re.compile(r"^\d{8}T\d{6}Z(-\d{2})?$")
+
+
+def backup_id(when: datetime, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """A sortable UTC id for ``when``, unique among ``taken``."""
+    base = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if base not in taken:
+        return base
+    for n in range(1, 100):
+        candidate = f"{base}-{n:02d}"
+        if candidate not in taken:
+            return candidate
+    raise ValueError(f"more than 99 backups in the second {base}")
+
+
+def id_time(backup_id: str) -> datetime:
+    """The UTC time encoded in a backup id."""
+    return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def is_backup_id(text: str) -> bool:
+    return bool(ID_RE.match(text))
+
+
+def backup_dir(kind: Kind, bid: str) -> str:
+    return f"{KIND_DIRS[kind]}/{bid}/"
+
+
+def manifest_key(kind: Kind, bid: str) -> str:
+    return f"{KIND_DIRS[kind]}/{bid}/{MANIFEST}"
+
+
+def parse_manifest_key(key: str) -> tuple[Kind, str] | None:
+    """``dumps/<id>/manifest.json`` -> ("dump", id); anything else -> None."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[2] != MANIFEST or not is_backup_id(parts[1]):
+        return None
+    for kind, d in KIND_DIRS.items():
+        if parts[0] == d:
+            return kind, parts[1]  # type: ignore[return-value]
+    return None
+
+
+def db_slug(name: str) -> str:
+    """Database names may hold any character; keys may not. Percent-encode."""
+    return quote(name, safe="").replace("%", "=") or "="
+
+
+def db_from_slug(slug: str) -> str:
+    return unquote(slug.replace("=", "%"))
+
+
+def dump_key(bid: str, database: str, suffix: str) -> str:
+    return f"dumps/{bid}/{db_slug(database)}.pgdump{suffix}"
+
+
+def dump_dir_key(bid: str, database: str, filename: str, suffix: str) -> str:
+    return f"dumps/{bid}/{db_slug(database)}.dir/{filename}{suffix}"
+
+
+def globals_key(bid: str, suffix: str) -> str:
+    return f"dumps/{bid}/globals.sql{suffix}"
+
+
+def drill_key(did: str) -> str:
+    return f"drills/{did}.json"

@@ -1,0 +1,116 @@
+"""Manifest models: the versioned JSON that describes each backup.
+
+``schema_version`` is bumped on any incompatible change; readers refuse a
+version they do not know rather than misreading it. Manifests hold no
+secrets: recipients are public keys, URLs are never stored.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoredObject(_Model):
+    """One object in storage, as written."""
+
+    key: str
+    size: int = Field(ge=0, description="stored bytes")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the stored bytes")
+    raw_size: int | None = Field(None, ge=0, description="bytes before compression/encryption")
+
+
+class Encoding(_Model):
+    compression: Literal["zstd"] = "zstd"
+    level: int = 3
+    encryption: Literal["age"] | None = None
+    recipients: list[str] = Field(default_factory=list, description="age public keys")
+
+
+class DatabaseDump(_Model):
+    name: str
+    format: Literal["custom", "directory"]
+    objects: list[StoredObject]
+    size: int = Field(0, description="database size on the server, bytes")
+    row_counts: dict[str, int] = Field(default_factory=dict)
+    row_counts_kind: Literal["exact", "estimate", "off"] = "exact"
+
+
+class _ManifestBase(_Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: str
+    started_at: datetime
+    finished_at: datetime
+    server_version: str
+    server_version_num: int
+    system_identifier: str | None = None
+    tool_version: str = Field(description="version of the PostgreSQL tool that wrote it")
+    p88backup_version: str
+    encoding: Encoding
+    host: str = ""
+
+    @property
+    def objects(self) -> list[StoredObject]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(o.size for o in self.objects)
+
+
+class DumpManifest(_ManifestBase):
+    kind: Literal["dump"] = "dump"
+    snapshot_time: datetime = Field(description="server clock when the dump's snapshot was taken")
+    databases: list[DatabaseDump]
+    globals: StoredObject | None = None
+
+    @property
+    def objects(self) -> list[StoredObject]:
+        objs = [o for db in self.databases for o in db.objects]
+        if self.globals is not None:
+            objs.append(self.globals)
+        return objs
+
+    def database(self, name: str | None) -> DatabaseDump:
+        if name is None:
+            if len(self.databases) != 1:
+                names = ", ".join(d.name for d in self.databases)
+                raise LookupError(f"backup {self.id} holds several databases ({names}); pick one")
+            return self.databases[0]
+        for db in self.databases:
+            if db.name == name:
+                return db
+        raise LookupError(f"backup {self.id} has no database {name!r}")
+
+
+class BaseBackupManifest(_ManifestBase):
+    kind: Literal["basebackup"] = "basebackup"
+    timeline: int
+    start_lsn: str
+    stop_lsn: str
+    start_wal: str
+    stop_wal: str
+    start_time: datetime
+    stop_time: datetime
+    data_size: int = Field(0, description="bytes of the data directory")
+    tablespaces: dict[str, str] = Field(default_factory=dict, description="oid -> original path")
+    files: list[StoredObject]
+    backup_manifest: StoredObject | None = None
+
+    @property
+    def objects(self) -> list[StoredObject]:
+        objs = list(self.files)
+        if self.backup_manifest is not None:
+            objs.append(self.backup_manifest)
+        return objs
+
+
+Manifest = Annotated[DumpManifest | BaseBackupManifest, Field(discriminator="kind")]

@@ -1,0 +1,133 @@
+"""The CLI root: global options, lazy subcommands, and the one place that
+turns exceptions into exit codes.
+
+Commands are imported only when run (``LazyGroup``), so a command pays only
+for the libraries it uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from p88backup import __version__
+from p88backup.errors import EXIT_CODE_HELP, ExitCode, P88Error
+
+log = logging.getLogger("p88backup")
+
+# name -> "module:attribute", in the order --help lists them.
+COMMANDS: dict[str, str] = {
+    "config": "p88backup.cli.config_cmd:config_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        cmd = getattr(importlib.import_module(module), attr)
+        assert isinstance(cmd, click.Command)
+        return cmd
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="P88_CONFIG",
+    help="TOML config file (also P88_CONFIG). Environment variables P88_* override it.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "console"]),
+    default=None,
+    help="Log lines on stderr: json (default when stderr is not a TTY) or console.",
+)
+@click.option("-v", "--verbose", count=True, help="Debug logging, with tracebacks.")
+@click.version_option(__version__, prog_name="p88backup")
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None, log_format: str | None, verbose: int) -> None:
+    """p88backup: backups, point-in-time recovery, restore drills and search
+    rebuilds for the Project 88 stack.
+
+    \b
+    Nightly logical backup     p88backup dump && p88backup verify latest
+    What can I restore?        p88backup list / p88backup status
+    Restore a dump             p88backup restore --dump latest --target-db p88_copy
+    Settings in effect         p88backup config
+
+    Configuration comes from P88_* environment variables and an optional TOML
+    file (--config). Exit codes: 0 ok, 1 error, 2 usage, 3+ see
+    `p88backup exit-codes`.
+    """
+    from p88backup import log as logsetup
+    from p88backup.cli.app import App
+
+    logsetup.configure(log_format, verbose)
+    app = App(config_file=config_file, verbose=verbose)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+@cli.command("exit-codes")
+def exit_codes() -> None:
+    """List p88backup's exit codes (for scripts and alerts)."""
+    for code in ExitCode:
+        click.echo(f"{code.value:4d}  {code.name.lower().replace('_', '-'):24} {EXIT_CODE_HELP[code]}")
+
+
+COMMANDS["exit-codes"] = "p88backup.cli.main:exit_codes"
+
+
+def report(exc: P88Error, verbose: bool) -> None:
+    """One ERROR line (plus the hint); the traceback only at DEBUG."""
+    extra: dict[str, Any] = {"exit_code": int(exc.exit_code), "error": type(exc).__name__}
+    if exc.hint:
+        extra["hint"] = exc.hint
+    log.error(str(exc), extra={"p88": extra}, exc_info=exc if verbose else None)
+
+
+def run(argv: list[str] | None = None, prog_name: str = "p88backup") -> int:
+    """Run the CLI and return the exit status. The one exception-to-exit mapping."""
+    verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
+                  for a in (argv if argv is not None else sys.argv[1:]))
+    try:
+        cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
+        return ExitCode.OK
+    except P88Error as exc:
+        if not logging.getLogger("p88backup").handlers:
+            from p88backup import log as logsetup
+
+            logsetup.configure(None, 0)
+        report(exc, verbose)
+        return int(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return ExitCode.ERROR
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # stdout closed early (e.g. `| head`): not an error worth a traceback.
+        sys.stderr.close()
+        return ExitCode.OK
+
+
+def main() -> None:
+    sys.exit(run())

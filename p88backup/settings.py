@@ -1,0 +1,260 @@
+"""Settings: environment (``P88_`` prefix, ``__`` for nesting) over a TOML file.
+
+Loaded once, in the CLI root, by :func:`load_settings`, and passed down.
+The TOML file uses the same names as the environment (lower case), flat for
+the essentials and tables for the structured parts (DESIGN §2). Relative
+paths in the file are resolved against the file's directory.
+
+The archive fast path (``wal-push``/``wal-fetch``) cannot afford to import
+pydantic on every WAL segment; it reads the few flat settings it needs
+through :mod:`p88backup.rawconfig`, and a unit test holds both readers to the
+same answers.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextvars import ContextVar
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from p88backup.errors import ConfigError
+from p88backup.redact import redact_url, url_password
+
+ENV_PREFIX = "P88_"
+STORAGE_SCHEMES = ("file", "s3", "memory")
+
+
+def _split_words(value: Any) -> Any:
+    """Accept ``"a, b c"`` from the environment as well as a TOML list."""
+    if isinstance(value, str):
+        return [w for w in value.replace(",", " ").split() if w]
+    return value
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetentionSettings(_Table):
+    """GFS for dumps; count or age window for base backups."""
+
+    keep_daily: int = Field(7, ge=0)
+    keep_weekly: int = Field(4, ge=0)
+    keep_monthly: int = Field(6, ge=0)
+    keep_min: int = Field(1, ge=1, description="never keep fewer good dumps than this")
+    keep_base_backups: int = Field(2, ge=1)
+    base_backup_window_days: float | None = Field(
+        None, gt=0, description="also keep every base backup younger than this"
+    )
+    orphan_grace_hours: float = Field(
+        24.0, gt=0, description="incomplete backups older than this are removed by expire"
+    )
+
+
+class DumpSettings(_Table):
+    databases: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="databases to dump; empty = the one in database_url"
+    )
+    format: Literal["custom", "directory"] = "custom"
+    jobs: int = Field(1, ge=1, le=64)
+    globals: bool = True
+    row_counts: Literal["exact", "estimate", "off"] = "exact"
+
+    _split = field_validator("databases", mode="before")(_split_words)
+
+
+class WalSettings(_Table):
+    slot_name: str = Field("p88backup", pattern=r"^[a-z0-9_]{1,63}$")
+    segment_size_mb: int = Field(16, ge=1, le=1024)
+
+
+class ReindexDefinition(_Table):
+    index: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", description="alias clients query")
+    query: str
+    id_column: str = "id"
+    updated_at_column: str | None = None
+    mappings: Path | None = None
+    settings: Path | None = None
+
+
+class DrillCheck(_Table):
+    name: str
+    sql: str
+    database: str | None = None
+
+
+class DrillSettings(_Table):
+    checks: list[DrillCheck] = Field(default_factory=list)
+    port_range: tuple[int, int] = (55432, 55532)
+
+
+class ScheduleSettings(_Table):
+    """Cron expressions (5 fields, UTC) for ``p88backup schedule``."""
+
+    dump: str | None = None
+    basebackup: str | None = None
+    expire: str | None = None
+    drill: str | None = None
+    reindex: str | None = None
+    wal_verify: str | None = None
+    listen: str = "0.0.0.0:9188"
+
+
+_config_file: ContextVar[Path | None] = ContextVar("p88_config_file", default=None)
+
+
+class Settings(BaseSettings):
+    """Effective configuration. Field names are the contract (DESIGN §2)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        hide_input_in_errors=True,
+        validate_default=True,
+    )
+
+    database_url: str | None = Field(None, description="libpq URL of the database to protect")
+    storage_url: str = "file:///var/backups/p88"
+    opensearch_url: str | None = None
+
+    age_recipients: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    age_recipients_file: Path | None = None
+    age_identity_file: Path | None = None
+
+    compression_level: int = Field(3, ge=1, le=19)
+    compression_threads: int = Field(0, ge=0, description="0 = one per CPU")
+    pg_bin_dir: Path | None = None
+    work_dir: Path = Path(tempfile.gettempdir()) / "p88backup"
+    lock_dir: Path = Path(tempfile.gettempdir()) / "p88backup-locks"
+    retry_deadline_seconds: float = Field(120.0, gt=0)
+
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)  # type: ignore[arg-type]
+    dump: DumpSettings = Field(default_factory=DumpSettings)  # type: ignore[arg-type]
+    wal: WalSettings = Field(default_factory=WalSettings)  # type: ignore[arg-type]
+    reindex: list[ReindexDefinition] = Field(default_factory=list)
+    drill: DrillSettings = Field(default_factory=DrillSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+
+    _split = field_validator("age_recipients", mode="before")(_split_words)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a libpq URL: postgresql://user@host:port/dbname")
+        return v
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, v: str) -> str:
+        scheme, sep, rest = v.partition("://")
+        if not sep or scheme not in STORAGE_SCHEMES:
+            raise ValueError("must start with file://, s3:// or memory://")
+        if scheme == "s3" and not rest.split("/", 1)[0]:
+            raise ValueError("s3:// URL needs a bucket: s3://bucket/prefix")
+        if scheme == "file" and not rest.startswith("/"):
+            raise ValueError("file:// URL needs an absolute path: file:///var/backups/p88")
+        return v
+
+    @field_validator("age_recipients")
+    @classmethod
+    def _check_recipients(cls, v: list[str]) -> list[str]:
+        for r in v:
+            if not r.startswith(("age1", "ssh-")):
+                raise ValueError("age recipients are public keys starting with age1 or ssh-")
+        return v
+
+    @model_validator(mode="after")
+    def _resolve_relative_paths(self) -> Settings:
+        base = _config_file.get()
+        root = base.parent if base is not None else Path.cwd()
+
+        def fix(p: Path | None) -> Path | None:
+            return p if p is None or p.is_absolute() else (root / p)
+
+        self.age_recipients_file = fix(self.age_recipients_file)
+        self.age_identity_file = fix(self.age_identity_file)
+        for d in self.reindex:
+            d.mappings = fix(d.mappings)
+            d.settings = fix(d.settings)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    # -- derived views -------------------------------------------------------
+
+    @property
+    def secrets(self) -> list[str]:
+        """Strings that must never be printed (for the log filter)."""
+        pw = url_password(self.database_url) if self.database_url else None
+        return [pw] if pw else []
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as plain data, safe to print."""
+        data = self.model_dump(mode="json")
+        if self.database_url:
+            data["database_url"] = redact_url(self.database_url)
+        data["storage_url"] = redact_url(self.storage_url)
+        if self.opensearch_url:
+            data["opensearch_url"] = redact_url(self.opensearch_url)
+        return data
+
+    @property
+    def base_backup_window(self) -> timedelta | None:
+        days = self.retention.base_backup_window_days
+        return timedelta(days=days) if days else None
+
+
+def _describe(loc: tuple[int | str, ...]) -> str:
+    dotted = ".".join(str(p) for p in loc)
+    env = ENV_PREFIX + "__".join(str(p).upper() for p in loc if not isinstance(p, int))
+    return f"{dotted} (env {env})"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from the environment and the optional TOML file.
+
+    Raises :class:`ConfigError` with one line naming the field and the
+    problem; the offending value is never echoed (it may be a secret).
+    """
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file not found: {config_file}")
+    token = _config_file.set(config_file.resolve() if config_file else None)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = [f"{_describe(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        first, more = problems[0], len(problems) - 1
+        suffix = f" (and {more} more: {'; '.join(problems[1:])})" if more else ""
+        raise ConfigError(f"invalid setting {first}{suffix}") from None
+    except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
+    finally:
+        _config_file.reset(token)

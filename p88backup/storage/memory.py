@@ -1,0 +1,74 @@
+"""In-memory storage for unit tests and dry runs (``memory://name``).
+
+Objects live in a process-wide registry keyed by the URL's name, so two
+``open_storage("memory://x")`` calls see the same objects, as two processes
+would with real storage.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+from p88backup.errors import ObjectExistsError, ObjectNotFoundError
+from p88backup.storage.base import CHUNK, ObjectInfo, Readable, validate_key, validate_prefix
+
+_REGISTRY: dict[str, dict[str, tuple[bytes, datetime]]] = {}
+_LOCK = threading.Lock()
+
+
+class MemoryStorage:
+    def __init__(self, name: str = "default") -> None:
+        self.url = f"memory://{name}"
+        with _LOCK:
+            self._objects = _REGISTRY.setdefault(name, {})
+
+    def put(self, key: str, data: Readable, *, overwrite: bool = True) -> ObjectInfo:
+        validate_key(key)
+        if not overwrite and key in self._objects:
+            raise ObjectExistsError(f"{key} already exists in {self.url}")
+        buf = io.BytesIO()
+        while chunk := data.read(CHUNK):
+            buf.write(chunk)
+        now = datetime.now(UTC)
+        with _LOCK:
+            if not overwrite and key in self._objects:
+                raise ObjectExistsError(f"{key} already exists in {self.url}")
+            self._objects[key] = (buf.getvalue(), now)
+        return ObjectInfo(key, buf.tell(), now)
+
+    def open(self, key: str) -> BinaryIO:
+        return io.BytesIO(self._get(key)[0])
+
+    def stat(self, key: str) -> ObjectInfo:
+        body, modified = self._get(key)
+        return ObjectInfo(key, len(body), modified)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        validate_prefix(prefix)
+        with _LOCK:
+            items = sorted((k, v) for k, v in self._objects.items() if k.startswith(prefix))
+        for key, (body, modified) in items:
+            yield ObjectInfo(key, len(body), modified)
+
+    def delete(self, key: str) -> None:
+        validate_key(key)
+        with _LOCK:
+            self._objects.pop(key, None)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.delete(key)
+
+    def close(self) -> None:
+        pass
+
+    def _get(self, key: str) -> tuple[bytes, datetime]:
+        validate_key(key)
+        try:
+            return self._objects[key]
+        except KeyError:
+            raise ObjectNotFoundError(f"{key} not found in {self.url}") from None
