@@ -6,8 +6,6 @@ per WAL segment are dispatched to a fast path before Click is loaded.
 
 from __future__ import annotations
 
-import sys
-
 
 def main() -> None:
     from p88backup.cli.main import main as cli_main

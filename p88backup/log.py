@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from p88backup.redact import SECRETS
 
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {

@@ -51,31 +51,27 @@ class HashingReader:
         return self._sha.hexdigest()
 
 
-class IterReader:
-    """Adapts an iterable of byte chunks to ``read(n)``."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._it = iter(chunks)
-        self._buf = b""
-
-    def read(self, size: int = -1, /) -> bytes:
-        while size < 0 or len(self._buf) < size:
-            nxt = next(self._it, None)
-            if nxt is None:
-                break
-            self._buf += nxt
-            if size < 0:
-                continue
-        if size < 0:
-            out, self._buf = self._buf, b""
-        else:
-            out, self._buf = self._buf[:size], self._buf[size:]
-        return out
-
-
 def iter_chunks(src: Readable, size: int = CHUNK) -> Iterable[bytes]:
     while chunk := src.read(size):
         yield chunk
+
+
+def copy_stream(src: Readable, out: BinaryIO | Any) -> int:
+    """Copy everything from ``src`` to ``out.write``; return the byte count."""
+    n = 0
+    for chunk in iter_chunks(src):
+        out.write(chunk)
+        n += len(chunk)
+    return n
+
+
+def drain(src: Readable) -> int:
+    """Read ``src`` to the end (so its end-of-stream checks run); return the byte count."""
+    return sum(len(chunk) for chunk in iter_chunks(src))
+
+
+def read_all(src: Readable) -> bytes:
+    return b"".join(iter_chunks(src))
 
 
 # -- zstd -----------------------------------------------------------------
@@ -281,36 +277,52 @@ def age_decrypt(src: Readable, identities: list[Any]) -> Readable:
 
 @dataclass
 class Codec:
-    """How stored objects are encoded: zstd, then optionally age."""
+    """How stored objects are encoded: zstd, then age when recipients are set.
+
+    Reading needs the identity file only for encrypted objects; it is loaded
+    on first use so that unencrypted restores never touch key material.
+    """
 
     level: int = 3
     threads: int = 0
-    recipients: list[Any] = field(default_factory=list)
-    identities: list[Any] | None = None
+    recipient_keys: list[str] = field(default_factory=list)
+    identity_file: Path | None = None
+    _recipients: list[Any] | None = field(default=None, repr=False)
+    _identities: list[Any] | None = field(default=None, repr=False)
 
     @property
     def encrypted(self) -> bool:
-        return bool(self.recipients)
+        return bool(self.recipient_keys)
 
     @property
     def suffix(self) -> str:
-        return ".zst.age" if self.recipients else ".zst"
+        return ".zst.age" if self.encrypted else ".zst"
+
+    def recipients(self) -> list[Any]:
+        if self._recipients is None:
+            self._recipients = parse_recipients(self.recipient_keys)
+        return self._recipients
+
+    def identities(self) -> list[Any]:
+        if self._identities is None:
+            if self.identity_file is None:
+                raise CryptoError(
+                    "this backup is encrypted and no age identity is configured",
+                    hint="set P88_AGE_IDENTITY_FILE (or age_identity_file) to the private key file",
+                )
+            self._identities = load_identities(self.identity_file)
+        return self._identities
 
 
 def encode(src: Readable, codec: Codec) -> Readable:
     out = zstd_compress(src, codec.level, codec.threads)
-    if codec.recipients:
-        out = age_encrypt(out, codec.recipients)
+    if codec.encrypted:
+        out = age_encrypt(out, codec.recipients())
     return out
 
 
-def decode(src: Readable, *, encrypted: bool, identities: list[Any] | None) -> Readable:
-    """Undo :func:`encode`. ``encrypted`` comes from the object's name/manifest."""
+def decode(src: Readable, codec: Codec, *, encrypted: bool) -> Readable:
+    """Undo :func:`encode`. ``encrypted`` comes from the object's manifest or name."""
     if encrypted:
-        if not identities:
-            raise CryptoError(
-                "this backup is encrypted and no age identity is configured",
-                hint="set P88_AGE_IDENTITY_FILE (or age_identity_file) to the private key file",
-            )
-        src = age_decrypt(src, identities)
+        src = age_decrypt(src, codec.identities())
     return ZstdDecodeReader(src)

@@ -40,6 +40,10 @@ class DatabaseDump(_Model):
     format: Literal["custom", "directory"]
     objects: list[StoredObject]
     size: int = Field(0, description="database size on the server, bytes")
+    owner: str | None = None
+    encoding: str | None = None
+    collate: str | None = None
+    ctype: str | None = None
     row_counts: dict[str, int] = Field(default_factory=dict)
     row_counts_kind: Literal["exact", "estimate", "off"] = "exact"
 

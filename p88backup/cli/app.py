@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from p88backup.pg.conn import ConnInfo
     from p88backup.settings import Settings
     from p88backup.storage import Storage
+    from p88backup.stream import Codec
 
 
 @dataclass
@@ -42,6 +44,25 @@ class App:
             s = self.settings
             self._storage = open_storage(s.storage_url, retry_deadline=s.retry_deadline_seconds)
         return self._storage
+
+    @property
+    def conninfo(self) -> ConnInfo:
+        from p88backup.pg.conn import ConnInfo
+
+        return ConnInfo.from_url(self.settings.database_url)
+
+    @property
+    def codec(self) -> Codec:
+        from p88backup.core.codecs import make_codec
+
+        s = self.settings
+        return make_codec(
+            level=s.compression_level,
+            threads=s.compression_threads,
+            recipients=s.age_recipients,
+            recipients_file=s.age_recipients_file,
+            identity_file=s.age_identity_file,
+        )
 
     def close(self) -> None:
         if self._storage is not None:

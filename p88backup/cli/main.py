@@ -22,6 +22,12 @@ log = logging.getLogger("p88backup")
 
 # name -> "module:attribute", in the order --help lists them.
 COMMANDS: dict[str, str] = {
+    "dump": "p88backup.cli.backup:dump_cmd",
+    "list": "p88backup.cli.catalog:list_cmd",
+    "status": "p88backup.cli.catalog:status_cmd",
+    "verify": "p88backup.cli.backup:verify_cmd",
+    "restore": "p88backup.cli.restore:restore_cmd",
+    "expire": "p88backup.cli.expire:expire_cmd",
     "config": "p88backup.cli.config_cmd:config_cmd",
 }
 

@@ -125,6 +125,12 @@ class Storage(Protocol):
         """Remove several keys (batched where the backend can)."""
         ...
 
+    def reap_interrupted(self, older_than_seconds: float) -> list[str]:
+        """Remove leftovers of puts killed mid-stream (never visible as
+        objects: local temp files, S3 multipart uploads) older than the
+        given age; return what was removed."""
+        ...
+
     def close(self) -> None:
         """Release connections. The object is unusable afterwards."""
         ...

@@ -173,7 +173,7 @@ class LocalStorage:
         for key in keys:
             self.delete(key)
 
-    def remove_stale_temp(self, older_than_seconds: float) -> list[str]:
+    def reap_interrupted(self, older_than_seconds: float) -> list[str]:
         """Delete temporary files of interrupted puts; return their names."""
         tmp_dir = self.root / TMP_DIR
         removed: list[str] = []

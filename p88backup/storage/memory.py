@@ -63,6 +63,9 @@ class MemoryStorage:
         for key in keys:
             self.delete(key)
 
+    def reap_interrupted(self, older_than_seconds: float) -> list[str]:
+        return []  # puts here are all-or-nothing within the process
+
     def close(self) -> None:
         pass
 

@@ -253,7 +253,7 @@ class S3Storage:
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
             if token:
                 kwargs["ContinuationToken"] = token
-            page = self._call(f"list {prefix or '/'}", lambda: self._client.list_objects_v2(**kwargs))
+            page = self._call(f"list {prefix or '/'}", lambda kw=kwargs: self._client.list_objects_v2(**kw))
             for obj in page.get("Contents", []):
                 yield ObjectInfo(obj["Key"][cut:], int(obj["Size"]), obj.get("LastModified"))
             if not page.get("IsTruncated"):
@@ -288,7 +288,7 @@ class S3Storage:
                 f"could not delete {len(errors)} objects, e.g. {first.get('Key')}: {first.get('Code')}"
             )
 
-    def abort_stale_uploads(self, older_than_seconds: float) -> list[str]:
+    def reap_interrupted(self, older_than_seconds: float) -> list[str]:
         """Abort multipart uploads left by killed runs; return their keys."""
         import datetime as dt
 

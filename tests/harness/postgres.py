@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.procs import chown_for_service, free_port, service_user, tail, wait_for
+from tests.harness.procs import chown_for_service, free_port, make_traversable, service_user, tail, wait_for
 
 
 def pg_bin_dirs() -> dict[int, Path]:
@@ -61,6 +61,7 @@ class PgCluster:
     ) -> PgCluster:
         base.mkdir(parents=True, exist_ok=True)
         os.chmod(base, 0o777)
+        make_traversable(base)
         datadir = base / "data"
         sock = base / "sock"
         sock.mkdir(exist_ok=True)
@@ -109,10 +110,13 @@ class PgCluster:
 
     def _run_as_service(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
         user = service_user()
-        return subprocess.run(
-            argv, user=user, group=user, check=check, capture_output=True, text=True,
+        r = subprocess.run(
+            argv, user=user, group=user, check=False, capture_output=True, text=True,
             cwd="/", env={**os.environ, "LC_ALL": "C.UTF-8"},
         )
+        if check and r.returncode != 0:
+            raise RuntimeError(f"{os.path.basename(argv[0])} failed ({r.returncode}): {r.stderr.strip()}")
+        return r
 
     def start(self, timeout: float = 60) -> None:
         if not self.logfile.exists():
@@ -158,8 +162,10 @@ class PgCluster:
     # -- access ---------------------------------------------------------------
 
     def url(self, dbname: str = "postgres", user: str = "postgres", password: str | None = None) -> str:
-        auth = f"{user}:{password}" if password else user
-        return f"postgresql://{auth}@127.0.0.1:{self.port}/{dbname}"
+        from urllib.parse import quote
+
+        auth = f"{quote(user, safe='')}:{quote(password, safe='')}" if password else quote(user, safe="")
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{quote(dbname, safe='')}"
 
     def connect(self, dbname: str = "postgres", autocommit: bool = True, **kw: Any) -> Any:
         import psycopg

@@ -73,5 +73,15 @@ def chown_for_service(path: Path) -> None:
         shutil.chown(path, user, user)
 
 
+def make_traversable(path: Path) -> None:
+    """As root, let the service user reach ``path`` (pytest's temp root is 0700)."""
+    if service_user() is None:
+        return
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(parent, (mode & 0o7777) | 0o001)
+
+
 def ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -1,0 +1,98 @@
+"""``list`` and ``status``: what is stored, and how old the newest of each is."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+
+from p88backup.cli import render
+from p88backup.cli.app import App, pass_app
+
+
+def backup_row(m: object) -> dict[str, object]:
+    """The stable ``list --json`` shape of one backup."""
+    from p88backup.catalog.models import BaseBackupManifest, DumpManifest
+
+    assert isinstance(m, DumpManifest | BaseBackupManifest)
+    row: dict[str, object] = {
+        "kind": m.kind,
+        "id": m.id,
+        "started_at": m.started_at.isoformat(),
+        "finished_at": m.finished_at.isoformat(),
+        "duration_seconds": round((m.finished_at - m.started_at).total_seconds(), 2),
+        "stored_bytes": m.stored_bytes,
+        "raw_bytes": sum(o.raw_size or 0 for o in m.objects),
+        "encrypted": m.encoding.encryption is not None,
+        "server_version": m.server_version,
+    }
+    if isinstance(m, DumpManifest):
+        row["databases"] = [d.name for d in m.databases]
+        row["snapshot_time"] = m.snapshot_time.isoformat()
+    else:
+        row.update(timeline=m.timeline, start_lsn=m.start_lsn, stop_lsn=m.stop_lsn,
+                   start_wal=m.start_wal, stop_time=m.stop_time.isoformat())
+    return row
+
+
+@click.command("list")
+@click.option("--kind", type=click.Choice(["dump", "basebackup", "all"]), default="all", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array (stable interface).")
+@pass_app
+def list_cmd(app: App, kind: str, as_json: bool) -> None:
+    """List complete backups, oldest first. Incomplete runs are never listed."""
+    from p88backup.catalog import Catalog
+
+    catalog = Catalog(app.storage)
+    kinds = ["dump", "basebackup"] if kind == "all" else [kind]
+    rows = [backup_row(m) for k in kinds for m in catalog.manifests(k)]  # type: ignore[arg-type]
+    if as_json:
+        render.emit_json(rows)
+        return
+    if not rows:
+        click.echo(f"no backups in {app.storage.url}")
+        return
+    render.table(
+        f"backups in {app.storage.url}",
+        ["kind", "id", "finished (UTC)", "took", "what", "stored", "encrypted"],
+        [
+            (r["kind"], r["id"], str(r["finished_at"])[:19].replace("T", " "),
+             render.human_duration(r["duration_seconds"]),  # type: ignore[arg-type]
+             ", ".join(r.get("databases", [])) or f"TL{r.get('timeline')} {r.get('start_lsn')}",  # type: ignore[arg-type]
+             render.human_bytes(r["stored_bytes"]), "yes" if r["encrypted"] else "no")  # type: ignore[arg-type]
+            for r in rows
+        ],
+    )
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (stable interface).")
+@pass_app
+def status_cmd(app: App, as_json: bool) -> None:
+    """How recoverable are we right now: newest backup of each kind and its age."""
+    from p88backup.catalog import Catalog
+
+    now = datetime.now(UTC)
+    catalog = Catalog(app.storage)
+    data: dict[str, object] = {"storage": app.storage.url, "checked_at": now.isoformat()}
+    for kind in ("dump", "basebackup"):
+        ms = catalog.manifests(kind)  # type: ignore[arg-type]
+        newest = ms[-1] if ms else None
+        data[kind + "s"] = {
+            "count": len(ms),
+            "latest_id": newest.id if newest else None,
+            "latest_finished_at": newest.finished_at.isoformat() if newest else None,
+            "latest_age_seconds": round((now - newest.finished_at).total_seconds()) if newest else None,
+        }
+    if as_json:
+        render.emit_json(data)
+        return
+    click.echo(f"storage: {app.storage.url}")
+    for kind in ("dumps", "basebackups"):
+        d = data[kind]
+        assert isinstance(d, dict)
+        if d["count"]:
+            click.echo(f"{kind}: {d['count']}, newest {d['latest_id']} "
+                       f"({render.human_duration(d['latest_age_seconds'])} ago)")
+        else:
+            click.echo(f"{kind}: none")

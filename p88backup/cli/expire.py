@@ -1,0 +1,55 @@
+"""``expire``: retention for dumps (GFS), plus cleanup of interrupted runs."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import click
+
+from p88backup.cli import render
+from p88backup.cli.app import App, pass_app
+from p88backup.cli.backup import wait_option
+
+log = logging.getLogger("p88backup")
+
+
+@click.command("expire")
+@click.option("--dry-run", is_flag=True, help="Show exactly what would be deleted, delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@wait_option
+@pass_app
+def expire_cmd(app: App, dry_run: bool, as_json: bool, wait: float) -> None:
+    """Delete backups that retention no longer keeps.
+
+    Dumps follow GFS (retention.keep_daily / keep_weekly / keep_monthly, and
+    never fewer than keep_min). The newest good backup is never deleted.
+    Incomplete runs older than retention.orphan_grace_hours are removed too.
+    """
+    from p88backup.core.expire import Expirer
+    from p88backup.core.retention import GfsPolicy
+    from p88backup.locks import job_lock
+
+    s = app.settings
+    r = s.retention
+    policy = GfsPolicy(r.keep_daily, r.keep_weekly, r.keep_monthly, r.keep_min)
+    expirer = Expirer(app.storage, policy, orphan_grace=timedelta(hours=r.orphan_grace_hours), lock_dir=s.lock_dir)
+    with job_lock(s.lock_dir, "expire", wait=wait):
+        plan = expirer.plan(datetime.now(UTC))
+        if not dry_run:
+            expirer.apply(plan)
+    data = plan.as_dict()
+    data["dry_run"] = dry_run
+    if as_json:
+        render.emit_json(data)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    rows = [(i, "keep", "; ".join(reasons)) for i, reasons in sorted(plan.dumps.keep.items())]
+    rows += [(i, verb, "") for i in plan.dumps.expire]
+    rows.sort()
+    if rows:
+        render.table("dumps", ["id", "action", "why kept"], rows)
+    for o in plan.orphans:
+        click.echo(f"{verb} incomplete {o.kind} {o.id} ({len(o.keys)} objects)")
+    log.info("expire finished", extra={"p88": {"dry_run": dry_run, "expired": len(plan.dumps.expire),
+                                                "kept": len(plan.dumps.keep), "orphans": len(plan.orphans)}})

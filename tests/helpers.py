@@ -1,0 +1,122 @@
+"""Shared test helpers: run the CLI as a real process, compare databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.harness.postgres import PgCluster
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """A clean P88_* environment for one test (no settings leak in from the caller)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("P88_", "AWS_"))}
+    env.update(
+        P88_LOCK_DIR=str(tmp / "locks"),
+        P88_WORK_DIR=str(tmp / "work"),
+        P88_RETRY_DEADLINE_SECONDS="5",
+        PYTHONUNBUFFERED="1",
+    )
+    if "P88_CACHE" in os.environ:
+        env["P88_CACHE"] = os.environ["P88_CACHE"]
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 600, input: bytes | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "p88backup", "--log-format", "json", *args],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, input=input,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    return result
+
+
+def json_out(result: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(ok(result).stdout)
+
+
+def log_lines(stderr: str) -> list[dict[str, Any]]:
+    out = []
+    for line in stderr.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def schema_dump(pg: PgCluster, db: str) -> str:
+    """pg_dump --schema-only, minus lines that differ on every run."""
+    r = subprocess.run(
+        [str(pg.bindir / "pg_dump"), "--schema-only", "-d", pg.url(db)],
+        capture_output=True, text=True, check=True,
+    )
+    keep = [ln for ln in r.stdout.splitlines() if not ln.startswith(("\\restrict", "\\unrestrict", "-- Dumped"))]
+    return "\n".join(keep)
+
+
+def globals_dump(pg: PgCluster) -> str:
+    r = subprocess.run(
+        [str(pg.bindir / "pg_dumpall"), "--globals-only", "--no-role-passwords", "-d", pg.url()],
+        capture_output=True, text=True, check=True,
+    )
+    return "\n".join(ln for ln in r.stdout.splitlines() if not ln.startswith(("\\restrict", "\\unrestrict", "--")))
+
+
+def table_checksums(pg: PgCluster, db: str) -> dict[str, str]:
+    """md5 over every table's rows (sorted text form), plus large objects."""
+    tables = pg.sql(
+        "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+        " AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
+        db,
+    )
+    sums = {}
+    for (name,) in tables:
+        sums[name] = pg.scalar(
+            f"SELECT count(*) || ':' || md5(coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), ''))"
+            f" FROM ONLY {name} x",
+            db,
+        )
+    sums["<large objects>"] = pg.scalar(
+        "SELECT count(*) || ':' || md5(coalesce(string_agg(m.oid::text || '=' || md5(lo_get(m.oid)), ','"
+        " ORDER BY m.oid), '')) FROM pg_largeobject_metadata m",
+        db,
+    )
+    return sums
+
+
+def amcheck(pg: PgCluster, db: str) -> None:
+    r = subprocess.run(
+        [str(pg.bindir / "pg_amcheck"), "--heapallindexed", "--install-missing",
+         "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", db],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 0, f"pg_amcheck found problems in {db}:\n{r.stdout}\n{r.stderr}"
+
+
+def create_roles(pg: PgCluster) -> None:
+    pg.psql(
+        """
+        CREATE ROLE p88_owner NOLOGIN;
+        CREATE ROLE p88_reader LOGIN PASSWORD 'reader-pw' CONNECTION LIMIT 7 VALID UNTIL '2030-01-01';
+        CREATE ROLE p88_writer LOGIN IN ROLE p88_reader;
+        ALTER ROLE p88_reader SET statement_timeout = '5min';
+        """
+    )
+
+
+def load_rich(pg: PgCluster, db: str) -> None:
+    pg.sql(f'CREATE DATABASE "{db}"')
+    pg.psql((REPO / "tests" / "data" / "rich_schema.sql").read_text(), db)
