@@ -96,27 +96,26 @@ def exit_codes() -> None:
 COMMANDS["exit-codes"] = "p88backup.cli.main:exit_codes"
 
 
-def report(exc: P88Error, verbose: bool) -> None:
-    """One ERROR line (plus the hint); the traceback only at DEBUG."""
+def report(exc: P88Error) -> None:
+    """One ERROR line (plus the hint); the traceback only with -v."""
+    root = logging.getLogger("p88backup")
+    if not root.handlers:  # failed before the CLI root configured logging
+        from p88backup import log as logsetup
+
+        logsetup.configure(None, 0)
     extra: dict[str, Any] = {"exit_code": int(exc.exit_code), "error": type(exc).__name__}
     if exc.hint:
         extra["hint"] = exc.hint
-    log.error(str(exc), extra={"p88": extra}, exc_info=exc if verbose else None)
+    log.error(str(exc), extra={"p88": extra}, exc_info=exc if root.isEnabledFor(logging.DEBUG) else None)
 
 
 def run(argv: list[str] | None = None, prog_name: str = "p88backup") -> int:
     """Run the CLI and return the exit status. The one exception-to-exit mapping."""
-    verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
-                  for a in (argv if argv is not None else sys.argv[1:]))
     try:
         cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
         return ExitCode.OK
     except P88Error as exc:
-        if not logging.getLogger("p88backup").handlers:
-            from p88backup import log as logsetup
-
-            logsetup.configure(None, 0)
-        report(exc, verbose)
+        report(exc)
         return int(exc.exit_code)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
@@ -133,6 +132,15 @@ def run(argv: list[str] | None = None, prog_name: str = "p88backup") -> int:
         # stdout closed early (e.g. `| head`): not an error worth a traceback.
         sys.stderr.close()
         return ExitCode.OK
+    except Exception as exc:
+        if not type(exc).__module__.startswith("psycopg"):
+            raise
+        # A database error no service translated: still one line, exit 13.
+        from p88backup.errors import DatabaseError
+        from p88backup.pg.conn import first_line
+
+        report(DatabaseError(f"PostgreSQL error: {first_line(exc)}"))
+        return ExitCode.DATABASE
 
 
 def main() -> None:

@@ -147,9 +147,7 @@ def _newest_guards(
         reasons[c.id].append(floor_reason)
 
 
-def _safety_guards(
-    rows: list[tuple[datetime, Candidate]], now: datetime, reasons: dict[str, list[str]]
-) -> None:
+def _safety_guards(rows: list[tuple[datetime, Candidate]], now: datetime, reasons: dict[str, list[str]]) -> None:
     last_good = max((i for i, (_, c) in enumerate(rows) if c.good), default=-1)
     for i, (t, c) in enumerate(rows):
         if t > now:

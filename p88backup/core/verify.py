@@ -1,8 +1,9 @@
 """``verify``: re-read every stored object of a backup and prove it restorable.
 
 Per object: size, SHA-256 of the stored bytes, a full decode (zstd frame
-checksums, age authentication), and a format check: ``pg_restore --list``
-for dump archives, the cluster-dump header for globals.
+checksums, age authentication), and a format check: pg_restore reads every
+custom-format archive end to end (``--list`` for a directory dump's TOC), and
+globals must start with the cluster-dump header.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Verifier:
             pg_restore = client_for("pg_restore", restore_tool_major(manifest), self.pg_bin_dir).path
             for db in manifest.databases:
                 if db.format == "custom":
-                    self._check(report, db.objects[0], encrypted, lambda r: self._restore_list(pg_restore, r))
+                    self._check(report, db.objects[0], encrypted, lambda r: self._read_archive(pg_restore, r))
                 else:
                     self._check_directory(report, db.objects, encrypted, pg_restore)
             if manifest.globals is not None:
@@ -94,15 +95,17 @@ class Verifier:
             log.error("verify failed", extra={"p88": {"key": obj.key, "problem": problem}})
             report.checks.append(ObjectCheck(obj.key, False, problem))
 
-    def _restore_list(self, pg_restore: Path, decoded: Readable) -> None:
-        """Feed the archive to ``pg_restore --list``; it reads the TOC and exits."""
-        with ToolProcess([str(pg_restore), "--list"], stdin=subprocess.PIPE,
-                         stdout=subprocess.DEVNULL, what="pg_restore --list") as tool:
+    def _read_archive(self, pg_restore: Path, decoded: Readable) -> None:
+        """Have pg_restore read the whole archive (TOC and every data block) into
+        /dev/null: stronger than ``--list``, which reads only the TOC and so
+        cannot notice an archive cut short after it."""
+        with ToolProcess([str(pg_restore), "--file=/dev/null"], stdin=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, what="pg_restore") as tool:
             try:
                 while chunk := decoded.read(CHUNK):
                     tool.stdin.write(chunk)
             except BrokenPipeError:
-                pass  # it has read the TOC and quit; the rest is drained by the caller
+                pass  # it quit early; finish() below reports why
             finally:
                 try:
                     tool.stdin.close()

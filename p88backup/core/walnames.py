@@ -390,9 +390,11 @@ def find_gaps(
     The target timeline is ``end``'s. With ``end=None`` it is the newest
     timeline reachable from ``start`` — ``start``'s own, or the highest one in
     ``histories`` that descends from it (like ``recovery_target_timeline =
-    'latest'``) — and the end is the newest present segment on that path; if
-    none is present, ``start`` itself is reported missing. Timelines that have
-    segments but no history file cannot be followed and are ignored.
+    'latest'``) — and the end is the newest present segment on that path, so
+    segments missing after it cannot be seen (pass ``end`` to check up to a
+    known position); if none is present, ``start`` itself is reported missing.
+    Timelines that have segments but no history file cannot be followed and are
+    ignored.
 
     ``histories`` maps a timeline to its parsed ``.history`` file; it is needed
     whenever the target timeline differs from ``start``'s. Along the path,

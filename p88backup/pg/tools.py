@@ -54,7 +54,8 @@ def candidates(name: str, bin_dir: Path | None = None) -> list[Tool]:
     else:
         paths.extend(os.path.join(d, name) for d in glob.glob(DEBIAN_GLOB))
         on_path = shutil.which(name)
-        if on_path:
+        # Debian's pg_wrapper only dispatches to the versioned dirs scanned above.
+        if on_path and not os.path.realpath(on_path).endswith("pg_wrapper"):
             paths.append(os.path.realpath(on_path))
     tools: dict[str, Tool] = {}
     for p in paths:
