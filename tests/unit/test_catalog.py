@@ -1,0 +1,102 @@
+"""Catalog: ids, key layout, manifest-last visibility, orphans."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from p88backup.catalog import Catalog, layout
+from p88backup.catalog.models import DatabaseDump, DumpManifest, Encoding, StoredObject
+from p88backup.errors import NotFoundError, ObjectExistsError, VerifyError
+from p88backup.storage import open_storage
+
+T0 = datetime(2026, 11, 27, 2, 15, 0, tzinfo=UTC)
+
+
+def test_backup_ids_sort_by_time_and_stay_unique() -> None:
+    a = layout.backup_id(T0)
+    assert a == "20261127T021500Z"
+    b = layout.backup_id(T0, {a})
+    c = layout.backup_id(T0, {a, b})
+    assert (b, c) == ("20261127T021500Z-01", "20261127T021500Z-02")
+    later = layout.backup_id(T0 + timedelta(seconds=1))
+    assert sorted([later, c, a, b]) == [a, b, c, later]
+    assert layout.id_time(b) == T0
+    assert layout.backup_id(T0.astimezone(__import__("zoneinfo").ZoneInfo("Asia/Tokyo"))) == a
+
+
+@pytest.mark.parametrize("name", ["p88", "my db", "ünïcode", "a/b", "x=y", "..", "%41"])
+def test_db_slug_round_trips_and_is_a_valid_key(name: str) -> None:
+    from p88backup.storage.base import validate_key
+
+    slug = layout.db_slug(name)
+    assert layout.db_from_slug(slug) == name
+    validate_key(layout.dump_key("20261127T021500Z", name, ".zst"))
+
+
+def test_parse_manifest_key() -> None:
+    assert layout.parse_manifest_key("dumps/20261127T021500Z/manifest.json") == ("dump", "20261127T021500Z")
+    assert layout.parse_manifest_key("basebackups/20261127T021500Z-01/manifest.json") == (
+        "basebackup", "20261127T021500Z-01")
+    for bad in ("dumps/20261127T021500Z/x.json", "dumps/garbage/manifest.json", "other/20261127T021500Z/manifest.json"):
+        assert layout.parse_manifest_key(bad) is None
+
+
+def manifest(bid: str, when: datetime) -> DumpManifest:
+    obj = StoredObject(key=f"dumps/{bid}/p88.pgdump.zst", size=1, sha256="0" * 64, raw_size=1)
+    return DumpManifest(id=bid, started_at=when, finished_at=when, server_version="16.4", server_version_num=160004,
+                        tool_version="16.4", p88backup_version="0.1.0", encoding=Encoding(), snapshot_time=when,
+                        databases=[DatabaseDump(name="p88", format="custom", objects=[obj])])
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    return Catalog(open_storage(f"memory://{uuid.uuid4().hex}"))
+
+
+def test_only_backups_with_a_manifest_are_listed(catalog: Catalog) -> None:
+    s = catalog.storage
+    s.put("dumps/20261126T021500Z/p88.pgdump.zst", io.BytesIO(b"x"))
+    catalog.write(manifest("20261126T021500Z", T0 - timedelta(days=1)))
+    s.put("dumps/20261127T021500Z/p88.pgdump.zst", io.BytesIO(b"x"))  # no manifest: a killed run
+    assert catalog.ids("dump") == ["20261126T021500Z"]
+    assert catalog.resolve("dump", "latest").id == "20261126T021500Z"
+    orphans = catalog.orphans("dump")
+    assert [(o.id, o.keys) for o in orphans] == [("20261127T021500Z", ("dumps/20261127T021500Z/p88.pgdump.zst",))]
+    assert "20261127T021500Z" in catalog.taken_ids("dump")
+
+
+def test_manifest_is_create_only(catalog: Catalog) -> None:
+    catalog.write(manifest("20261127T021500Z", T0))
+    with pytest.raises(ObjectExistsError):
+        catalog.write(manifest("20261127T021500Z", T0))
+
+
+def test_resolve_errors(catalog: Catalog) -> None:
+    with pytest.raises(NotFoundError, match="no dump backups"):
+        catalog.resolve("dump", "latest")
+    with pytest.raises(NotFoundError, match="not a backup id"):
+        catalog.resolve("dump", "yesterday")
+    with pytest.raises(NotFoundError, match="no dump backup 20261127T021500Z"):
+        catalog.resolve("dump", "20261127T021500Z")
+
+
+def test_unknown_schema_version_is_refused(catalog: Catalog) -> None:
+    doc = json.loads(manifest("20261127T021500Z", T0).model_dump_json())
+    doc["schema_version"] = 99
+    catalog.storage.put("dumps/20261127T021500Z/manifest.json", io.BytesIO(json.dumps(doc).encode()))
+    with pytest.raises(VerifyError, match="schema version 99"):
+        catalog.read("dump", "20261127T021500Z")
+    assert catalog.manifests("dump") == []  # listed as unreadable, never misread
+
+
+def test_delete_removes_manifest_then_objects(catalog: Catalog) -> None:
+    m = manifest("20261127T021500Z", T0)
+    catalog.storage.put(m.objects[0].key, io.BytesIO(b"x"))
+    catalog.write(m)
+    catalog.delete(m)
+    assert list(catalog.storage.list("dumps/")) == []
