@@ -140,9 +140,9 @@ class Settings(BaseSettings):
     lock_dir: Path = Path(tempfile.gettempdir()) / "p88backup-locks"
     retry_deadline_seconds: float = Field(120.0, gt=0)
 
-    retention: RetentionSettings = Field(default_factory=RetentionSettings)  # type: ignore[arg-type]
-    dump: DumpSettings = Field(default_factory=DumpSettings)  # type: ignore[arg-type]
-    wal: WalSettings = Field(default_factory=WalSettings)  # type: ignore[arg-type]
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    dump: DumpSettings = Field(default_factory=DumpSettings)
+    wal: WalSettings = Field(default_factory=WalSettings)
     reindex: list[ReindexDefinition] = Field(default_factory=list)
     drill: DrillSettings = Field(default_factory=DrillSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)

@@ -85,7 +85,7 @@ def zstd_compress(src: Readable, level: int = 3, threads: int = 0) -> Readable:
     """
     workers = threads or (os.cpu_count() or 1)
     cctx = zstandard.ZstdCompressor(level=level, threads=workers if workers > 1 else 0, write_checksum=True)
-    return cctx.stream_reader(src, read_size=CHUNK)  # type: ignore[no-any-return]
+    return cctx.stream_reader(src, read_size=CHUNK)  # type: ignore[arg-type]
 
 
 class ZstdFrameWalker:
@@ -188,7 +188,9 @@ class ZstdDecodeReader:
     def __init__(self, src: Readable) -> None:
         self._walker = ZstdFrameWalker()
         self._reader = zstandard.ZstdDecompressor().stream_reader(
-            _Tee(src, self._walker), read_size=CHUNK, read_across_frames=True
+            _Tee(src, self._walker),  # type: ignore[arg-type]  # any object with read() works
+            read_size=CHUNK,
+            read_across_frames=True,
         )
         self._done = False
 

@@ -48,8 +48,13 @@ def pg(services_dir: Path) -> Iterator[PgCluster]:
     if datadir and port:
         from tests.harness.postgres import default_bin_dir
 
-        yield PgCluster(Path(datadir), int(port), default_bin_dir(), Path(datadir).parent / "postgres.log",
-                        Path(datadir).parent / "sock")
+        yield PgCluster(
+            Path(datadir),
+            int(port),
+            default_bin_dir(),
+            Path(datadir).parent / "postgres.log",
+            Path(datadir).parent / "sock",
+        )
         return
     try:
         cluster = PgCluster.create(services_dir / "pg")

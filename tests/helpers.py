@@ -29,11 +29,21 @@ def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 600, input: bytes | None = None,
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str],
+    env: dict[str, str],
+    *,
+    timeout: float = 600,
+    input: bytes | None = None,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "p88backup", "--log-format", "json", *args],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, input=input,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
     )
 
 
@@ -59,7 +69,9 @@ def schema_dump(pg: PgCluster, db: str) -> str:
     """pg_dump --schema-only, minus lines that differ on every run."""
     r = subprocess.run(
         [str(pg.bindir / "pg_dump"), "--schema-only", "-d", pg.url(db)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     keep = [ln for ln in r.stdout.splitlines() if not ln.startswith(("\\restrict", "\\unrestrict", "-- Dumped"))]
     return "\n".join(keep)
@@ -68,7 +80,9 @@ def schema_dump(pg: PgCluster, db: str) -> str:
 def globals_dump(pg: PgCluster) -> str:
     r = subprocess.run(
         [str(pg.bindir / "pg_dumpall"), "--globals-only", "--no-role-passwords", "-d", pg.url()],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return "\n".join(ln for ln in r.stdout.splitlines() if not ln.startswith(("\\restrict", "\\unrestrict", "--")))
 
@@ -99,9 +113,20 @@ def table_checksums(pg: PgCluster, db: str) -> dict[str, str]:
 
 def amcheck(pg: PgCluster, db: str) -> None:
     r = subprocess.run(
-        [str(pg.bindir / "pg_amcheck"), "--heapallindexed", "--install-missing",
-         "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", db],
-        capture_output=True, text=True,
+        [
+            str(pg.bindir / "pg_amcheck"),
+            "--heapallindexed",
+            "--install-missing",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pg.port),
+            "-U",
+            "postgres",
+            db,
+        ],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, f"pg_amcheck found problems in {db}:\n{r.stdout}\n{r.stderr}"
 

@@ -142,5 +142,6 @@ class Catalog:
         self.storage.delete_many(o.key for o in manifest.objects)
 
     def iter_all(self) -> Iterator[DumpManifest | BaseBackupManifest]:
-        for kind in ("dump", "basebackup"):
-            yield from self.manifests(kind)  # type: ignore[arg-type]
+        kinds: tuple[Kind, ...] = ("dump", "basebackup")
+        for kind in kinds:
+            yield from self.manifests(kind)

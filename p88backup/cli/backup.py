@@ -14,23 +14,44 @@ from p88backup.cli.progress import byte_progress
 log = logging.getLogger("p88backup")
 
 wait_option = click.option(
-    "--wait", type=float, default=0.0, show_default=True, metavar="SECONDS",
+    "--wait",
+    type=float,
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
     help="If the same job is already running, wait this long for it instead of failing (exit 4).",
 )
 
 
 @click.command("dump")
-@click.option("--database", "databases", multiple=True, metavar="NAME",
-              help="Database to dump (repeatable). Default: dump.databases, else the one in P88_DATABASE_URL.")
-@click.option("--format", "fmt", type=click.Choice(["custom", "directory"]), default=None,
-              help="pg_dump format. directory + --jobs dumps big databases in parallel (staged in work_dir).")
+@click.option(
+    "--database",
+    "databases",
+    multiple=True,
+    metavar="NAME",
+    help="Database to dump (repeatable). Default: dump.databases, else the one in P88_DATABASE_URL.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["custom", "directory"]),
+    default=None,
+    help="pg_dump format. directory + --jobs dumps big databases in parallel (staged in work_dir).",
+)
 @click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Parallel jobs (directory format).")
 @click.option("--no-globals", is_flag=True, help="Skip pg_dumpall --globals-only (roles, tablespaces).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @wait_option
 @pass_app
-def dump_cmd(app: App, databases: tuple[str, ...], fmt: str | None, jobs: int | None, no_globals: bool,
-             as_json: bool, wait: float) -> None:
+def dump_cmd(
+    app: App,
+    databases: tuple[str, ...],
+    fmt: str | None,
+    jobs: int | None,
+    no_globals: bool,
+    as_json: bool,
+    wait: float,
+) -> None:
     """Take a logical backup: pg_dump of each database plus the globals.
 
     The dump streams from pg_dump through zstd (and age, when recipients are
@@ -65,9 +86,12 @@ def dump_cmd(app: App, databases: tuple[str, ...], fmt: str | None, jobs: int | 
     if as_json:
         render.emit_json(summary)
     else:
-        click.echo(f"dump {manifest.id}: {', '.join(summary['databases'])} "
-                   f"({render.human_bytes(summary['raw_bytes'])} -> {render.human_bytes(summary['stored_bytes'])}, "
-                   f"{render.human_duration(summary['seconds'])})")
+        raw = sum(o.raw_size or 0 for o in manifest.objects)
+        click.echo(
+            f"dump {manifest.id}: {', '.join(d.name for d in manifest.databases)} "
+            f"({render.human_bytes(raw)} -> {render.human_bytes(manifest.stored_bytes)}, "
+            f"{render.human_duration(time.monotonic() - t0)})"
+        )
 
 
 def dump_summary(m: object) -> dict[str, object]:
@@ -106,8 +130,12 @@ def verify_cmd(app: App, backup: str, kind: str, as_json: bool) -> None:
 
     manifest = Catalog(app.storage).resolve(kind, backup)  # type: ignore[arg-type]
     report = Verifier(app.storage, app.codec, app.settings.pg_bin_dir).verify(manifest)
-    data = {"kind": report.kind, "id": report.id, "ok": report.ok,
-            "objects": [{"key": c.key, "ok": c.ok, "problem": c.problem} for c in report.checks]}
+    data = {
+        "kind": report.kind,
+        "id": report.id,
+        "ok": report.ok,
+        "objects": [{"key": c.key, "ok": c.ok, "problem": c.problem} for c in report.checks],
+    }
     if as_json:
         render.emit_json(data)
     else:

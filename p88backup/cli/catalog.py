@@ -30,8 +30,13 @@ def backup_row(m: object) -> dict[str, object]:
         row["databases"] = [d.name for d in m.databases]
         row["snapshot_time"] = m.snapshot_time.isoformat()
     else:
-        row.update(timeline=m.timeline, start_lsn=m.start_lsn, stop_lsn=m.stop_lsn,
-                   start_wal=m.start_wal, stop_time=m.stop_time.isoformat())
+        row.update(
+            timeline=m.timeline,
+            start_lsn=m.start_lsn,
+            stop_lsn=m.stop_lsn,
+            start_wal=m.start_wal,
+            stop_time=m.stop_time.isoformat(),
+        )
     return row
 
 
@@ -42,25 +47,33 @@ def backup_row(m: object) -> dict[str, object]:
 def list_cmd(app: App, kind: str, as_json: bool) -> None:
     """List complete backups, oldest first. Incomplete runs are never listed."""
     from p88backup.catalog import Catalog
+    from p88backup.catalog.models import DumpManifest
 
     catalog = Catalog(app.storage)
     kinds = ["dump", "basebackup"] if kind == "all" else [kind]
-    rows = [backup_row(m) for k in kinds for m in catalog.manifests(k)]  # type: ignore[arg-type]
+    manifests = [m for k in kinds for m in catalog.manifests(k)]  # type: ignore[arg-type]
     if as_json:
-        render.emit_json(rows)
+        render.emit_json([backup_row(m) for m in manifests])
         return
-    if not rows:
+    if not manifests:
         click.echo(f"no backups in {app.storage.url}")
         return
     render.table(
         f"backups in {app.storage.url}",
         ["kind", "id", "finished (UTC)", "took", "what", "stored", "encrypted"],
         [
-            (r["kind"], r["id"], str(r["finished_at"])[:19].replace("T", " "),
-             render.human_duration(r["duration_seconds"]),  # type: ignore[arg-type]
-             ", ".join(r.get("databases", [])) or f"TL{r.get('timeline')} {r.get('start_lsn')}",  # type: ignore[arg-type]
-             render.human_bytes(r["stored_bytes"]), "yes" if r["encrypted"] else "no")  # type: ignore[arg-type]
-            for r in rows
+            (
+                m.kind,
+                m.id,
+                m.finished_at.strftime("%Y-%m-%d %H:%M:%S"),
+                render.human_duration((m.finished_at - m.started_at).total_seconds()),
+                ", ".join(d.name for d in m.databases)
+                if isinstance(m, DumpManifest)
+                else f"timeline {m.timeline} from {m.start_lsn}",
+                render.human_bytes(m.stored_bytes),
+                "yes" if m.encoding.encryption else "no",
+            )
+            for m in manifests
         ],
     )
 
@@ -71,12 +84,14 @@ def list_cmd(app: App, kind: str, as_json: bool) -> None:
 def status_cmd(app: App, as_json: bool) -> None:
     """How recoverable are we right now: newest backup of each kind and its age."""
     from p88backup.catalog import Catalog
+    from p88backup.catalog.layout import Kind
 
     now = datetime.now(UTC)
     catalog = Catalog(app.storage)
     data: dict[str, object] = {"storage": app.storage.url, "checked_at": now.isoformat()}
-    for kind in ("dump", "basebackup"):
-        ms = catalog.manifests(kind)  # type: ignore[arg-type]
+    kinds: tuple[Kind, ...] = ("dump", "basebackup")
+    for kind in kinds:
+        ms = catalog.manifests(kind)
         newest = ms[-1] if ms else None
         data[kind + "s"] = {
             "count": len(ms),
@@ -88,11 +103,13 @@ def status_cmd(app: App, as_json: bool) -> None:
         render.emit_json(data)
         return
     click.echo(f"storage: {app.storage.url}")
-    for kind in ("dumps", "basebackups"):
-        d = data[kind]
+    for section in ("dumps", "basebackups"):
+        d = data[section]
         assert isinstance(d, dict)
         if d["count"]:
-            click.echo(f"{kind}: {d['count']}, newest {d['latest_id']} "
-                       f"({render.human_duration(d['latest_age_seconds'])} ago)")
+            click.echo(
+                f"{section}: {d['count']}, newest {d['latest_id']} "
+                f"({render.human_duration(d['latest_age_seconds'])} ago)"
+            )
         else:
-            click.echo(f"{kind}: none")
+            click.echo(f"{section}: none")

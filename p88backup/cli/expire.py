@@ -51,5 +51,14 @@ def expire_cmd(app: App, dry_run: bool, as_json: bool, wait: float) -> None:
         render.table("dumps", ["id", "action", "why kept"], rows)
     for o in plan.orphans:
         click.echo(f"{verb} incomplete {o.kind} {o.id} ({len(o.keys)} objects)")
-    log.info("expire finished", extra={"p88": {"dry_run": dry_run, "expired": len(plan.dumps.expire),
-                                                "kept": len(plan.dumps.keep), "orphans": len(plan.orphans)}})
+    log.info(
+        "expire finished",
+        extra={
+            "p88": {
+                "dry_run": dry_run,
+                "expired": len(plan.dumps.expire),
+                "kept": len(plan.dumps.keep),
+                "orphans": len(plan.orphans),
+            }
+        },
+    )

@@ -35,10 +35,13 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
 
     t = Table(title=title, show_lines=False, header_style="bold")
     for col in columns:
-        t.add_column(col, overflow="fold")
+        t.add_column(col, no_wrap=True)
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
-    Console(soft_wrap=True).print(t)
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 200  # a pipe or a log: never wrap ids
+    console.print(t)
 
 
 def kv(pairs: Iterable[tuple[str, Any]]) -> None:

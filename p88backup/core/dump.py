@@ -188,8 +188,18 @@ class Dumper:
             self._check_databases(conn, names)
         pg_dump = client_for("pg_dump", info.major, self.opt.pg_bin_dir)
         bid = layout.backup_id(started, self.catalog.taken_ids("dump"))
-        log.info("dump started", extra={"p88": {"id": bid, "databases": names, "server": info.version,
-                                                 "pg_dump": str(pg_dump.path), "storage": self.storage.url}})
+        log.info(
+            "dump started",
+            extra={
+                "p88": {
+                    "id": bid,
+                    "databases": names,
+                    "server": info.version,
+                    "pg_dump": str(pg_dump.path),
+                    "storage": self.storage.url,
+                }
+            },
+        )
         try:
             dbs, snapshot_time = [], None
             for name in names:
@@ -236,8 +246,7 @@ class Dumper:
             self.storage.delete_many(self.written)
             log.info("removed objects of the failed dump", extra={"p88": {"count": len(self.written)}})
         except P88Error as exc:
-            log.warning("could not remove objects of the failed dump; expire will",
-                        extra={"p88": {"error": str(exc)}})
+            log.warning("could not remove objects of the failed dump; expire will", extra={"p88": {"error": str(exc)}})
 
     def _store(self, key: str, src: Readable) -> StoredObject:
         self.written.append(key)
@@ -274,11 +283,30 @@ class Dumper:
                 raise DatabaseError(f"counting rows in {name} failed: {first_line(errors[0])}")
         raw = sum(o.raw_size or 0 for o in objects)
         stored = sum(o.size for o in objects)
-        log.info("database dumped", extra={"p88": {"database": name, "raw_bytes": raw, "stored_bytes": stored,
-                                                    "tables": len(counts), "seconds": round(time.monotonic() - t0, 2)}})
-        return DatabaseDump(name=name, format=self.opt.format, objects=objects, size=int(size), owner=owner,
-                            encoding=encoding, collate=collate, ctype=ctype,
-                            row_counts=counts, row_counts_kind=self.opt.row_counts), snap_time
+        log.info(
+            "database dumped",
+            extra={
+                "p88": {
+                    "database": name,
+                    "raw_bytes": raw,
+                    "stored_bytes": stored,
+                    "tables": len(counts),
+                    "seconds": round(time.monotonic() - t0, 2),
+                }
+            },
+        )
+        return DatabaseDump(
+            name=name,
+            format=self.opt.format,
+            objects=objects,
+            size=int(size),
+            owner=owner,
+            encoding=encoding,
+            collate=collate,
+            ctype=ctype,
+            row_counts=counts,
+            row_counts_kind=self.opt.row_counts,
+        ), snap_time
 
     def _pg_dump_argv(self, pg_dump: Tool, ci: ConnInfo, snap: str) -> list[str]:
         return [str(pg_dump.path), "--no-password", "--compress=0", f"--snapshot={snap}", f"--dbname={ci.dsn()}"]
@@ -293,7 +321,10 @@ class Dumper:
         staging = self.opt.work_dir / f"dump-{bid}-{layout.db_slug(name)}"
         staging.parent.mkdir(parents=True, exist_ok=True)
         argv = self._pg_dump_argv(pg_dump, ci, snap) + [
-            "--format=directory", f"--jobs={self.opt.jobs}", f"--file={staging}"]
+            "--format=directory",
+            f"--jobs={self.opt.jobs}",
+            f"--file={staging}",
+        ]
         try:
             with ToolProcess(argv, env=ci.env(), what="pg_dump", stdout=None) as tool:
                 tool.finish()

@@ -37,8 +37,12 @@ class ExpirePlan:
                 "expire": list(self.dumps.expire),
             },
             "orphans": [
-                {"kind": o.kind, "id": o.id, "objects": len(o.keys),
-                 "newest": o.newest.isoformat() if o.newest else None}
+                {
+                    "kind": o.kind,
+                    "id": o.id,
+                    "objects": len(o.keys),
+                    "newest": o.newest.isoformat() if o.newest else None,
+                }
                 for o in self.orphans
             ],
             "orphans_skipped_for_running_jobs": self.skipped_orphan_kinds,
@@ -56,11 +60,12 @@ class Expirer:
         self._dumps = {m.id: m for m in dumps}
         decision = plan_gfs([Candidate(m.id, m.started_at) for m in dumps], self.policy, now)
         plan = ExpirePlan(decision)
-        for kind in ("dump", "basebackup"):
+        kinds: tuple[Kind, ...] = ("dump", "basebackup")
+        for kind in kinds:
             if self._job_running(kind):
                 plan.skipped_orphan_kinds.append(kind)
                 continue
-            for orphan in self.catalog.orphans(kind):  # type: ignore[arg-type]
+            for orphan in self.catalog.orphans(kind):
                 if orphan.newest is None or now - orphan.newest > self.grace:
                     plan.orphans.append(orphan)
         return plan
@@ -79,8 +84,10 @@ class Expirer:
             log.info("expired backup", extra={"p88": {"kind": "dump", "id": bid}})
         for orphan in plan.orphans:
             self.storage.delete_many(orphan.keys)
-            log.info("removed incomplete backup", extra={"p88": {"kind": orphan.kind, "id": orphan.id,
-                                                                  "objects": len(orphan.keys)}})
+            log.info(
+                "removed incomplete backup",
+                extra={"p88": {"kind": orphan.kind, "id": orphan.id, "objects": len(orphan.keys)}},
+            )
         self._reap_interrupted_uploads()
 
     def _reap_interrupted_uploads(self) -> None:

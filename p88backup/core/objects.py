@@ -49,7 +49,9 @@ def check_stat(storage: Storage, obj: StoredObject) -> None:
         raise VerifyError(f"{obj.key}: {info.size} bytes stored, {obj.size} recorded")
 
 
-def open_decoded(storage: Storage, obj: StoredObject, codec: Codec, *, encrypted: bool) -> tuple[Readable, VerifyingReader]:
+def open_decoded(
+    storage: Storage, obj: StoredObject, codec: Codec, *, encrypted: bool
+) -> tuple[Readable, VerifyingReader]:
     """(decoded stream, verifying raw reader) for one stored object."""
     raw = VerifyingReader(storage.open(obj.key), obj)
     return decode(raw, codec, encrypted=encrypted), raw

@@ -187,8 +187,10 @@ class DumpRestorer:
                 admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(self.opt.target_db)} WITH (FORCE)")
             log.info("dropped the partly restored database", extra={"p88": {"database": self.opt.target_db}})
         except Exception as exc:
-            log.warning("could not drop the partly restored database",
-                        extra={"p88": {"database": self.opt.target_db, "error": first_line(exc)}})
+            log.warning(
+                "could not drop the partly restored database",
+                extra={"p88": {"database": self.opt.target_db, "error": first_line(exc)}},
+            )
 
     # -- globals --------------------------------------------------------------
 
@@ -206,13 +208,24 @@ class DumpRestorer:
         psql = client_for("psql", major, self.opt.pg_bin_dir)
         admin_db = "postgres" if self.opt.target_db != "postgres" else "template1"
         r = subprocess.run(
-            [str(psql.path), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
-             f"--dbname={self.ci.with_db(admin_db).dsn()}"],
-            input=filtered.encode(), capture_output=True, env=self.ci.env(),
+            [
+                str(psql.path),
+                "-X",
+                "-q",
+                "--no-password",
+                "-v",
+                "ON_ERROR_STOP=1",
+                f"--dbname={self.ci.with_db(admin_db).dsn()}",
+            ],
+            input=filtered.encode(),
+            capture_output=True,
+            env=self.ci.env(),
         )
         if r.returncode != 0:
-            raise PgToolError(f"restoring roles failed: {r.stderr.decode(errors='replace').strip()[-500:]}",
-                              hint="pass --no-globals to restore the database without roles")
+            raise PgToolError(
+                f"restoring roles failed: {r.stderr.decode(errors='replace').strip()[-500:]}",
+                hint="pass --no-globals to restore the database without roles",
+            )
         result.roles_created, result.roles_kept = created, kept
         log.info("globals restored", extra={"p88": {"roles_created": created, "roles_left_unchanged": kept}})
 
@@ -226,8 +239,9 @@ class DumpRestorer:
         decoded, raw = open_decoded(self.storage, obj, self.codec, encrypted=encrypted)
         argv = self._pg_restore_base(pg_restore, target) + ["--single-transaction", "--exit-on-error"]
         try:
-            with ToolProcess(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=target.env(),
-                             what="pg_restore") as tool:
+            with ToolProcess(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=target.env(), what="pg_restore"
+            ) as tool:
                 try:
                     while chunk := decoded.read(CHUNK):
                         tool.stdin.write(chunk)
@@ -240,8 +254,7 @@ class DumpRestorer:
         finally:
             raw.close()
 
-    def _staged_restore(self, pg_restore: Path, bid: str, db: DatabaseDump, encrypted: bool,
-                        target: ConnInfo) -> None:
+    def _staged_restore(self, pg_restore: Path, bid: str, db: DatabaseDump, encrypted: bool, target: ConnInfo) -> None:
         stage = self.opt.work_dir / f"restore-{bid}-{self.opt.target_db}"
         if stage.exists():
             shutil.rmtree(stage)
@@ -257,7 +270,11 @@ class DumpRestorer:
                     name = obj.key.rsplit("/", 1)[-1]
                     name = name.removesuffix(".age").removesuffix(".zst")
                     self._materialize(obj, encrypted, archive / name)
-            argv = self._pg_restore_base(pg_restore, target) + [f"--jobs={self.opt.jobs}", "--exit-on-error", str(archive)]
+            argv = self._pg_restore_base(pg_restore, target) + [
+                f"--jobs={self.opt.jobs}",
+                "--exit-on-error",
+                str(archive),
+            ]
             with ToolProcess(argv, stdout=subprocess.DEVNULL, env=target.env(), what="pg_restore") as tool:
                 tool.finish()
         finally:

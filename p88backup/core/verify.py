@@ -99,8 +99,9 @@ class Verifier:
         """Have pg_restore read the whole archive (TOC and every data block) into
         /dev/null: stronger than ``--list``, which reads only the TOC and so
         cannot notice an archive cut short after it."""
-        with ToolProcess([str(pg_restore), "--file=/dev/null"], stdin=subprocess.PIPE,
-                         stdout=subprocess.DEVNULL, what="pg_restore") as tool:
+        with ToolProcess(
+            [str(pg_restore), "--file=/dev/null"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, what="pg_restore"
+        ) as tool:
             try:
                 while chunk := decoded.read(CHUNK):
                     tool.stdin.write(chunk)
@@ -121,8 +122,9 @@ class Verifier:
         if head != GLOBALS_MAGIC:
             raise VerifyError("globals dump does not start with the pg_dumpall header")
 
-    def _check_directory(self, report: VerifyReport, objects: list[StoredObject], encrypted: bool,
-                         pg_restore: Path) -> None:
+    def _check_directory(
+        self, report: VerifyReport, objects: list[StoredObject], encrypted: bool, pg_restore: Path
+    ) -> None:
         toc = [o for o in objects if o.key.rsplit("/", 1)[-1].startswith("toc.dat")]
         with tempfile.TemporaryDirectory(prefix="p88verify-") as tmp:
 

@@ -21,9 +21,7 @@ class ConnInfo:
     @classmethod
     def from_url(cls, url: str | None) -> ConnInfo:
         if not url:
-            raise ConfigError(
-                "no database configured", hint="set P88_DATABASE_URL=postgresql://user@host:5432/dbname"
-            )
+            raise ConfigError("no database configured", hint="set P88_DATABASE_URL=postgresql://user@host:5432/dbname")
         from psycopg.conninfo import conninfo_to_dict
 
         try:
@@ -65,9 +63,7 @@ class ConnInfo:
         import psycopg
 
         try:
-            return psycopg.connect(
-                self.dsn(), password=self.password, autocommit=autocommit, connect_timeout=10, **kw
-            )
+            return psycopg.connect(self.dsn(), password=self.password, autocommit=autocommit, connect_timeout=10, **kw)
         except psycopg.OperationalError as exc:
             raise DatabaseError(
                 f"cannot connect to PostgreSQL at {self.describe()}: {first_line(exc)}",

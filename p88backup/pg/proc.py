@@ -38,7 +38,12 @@ class ToolProcess:
         log.debug("running", extra={"p88": {"argv": self.argv}})
         try:
             self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-                self.argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=cwd,
+                self.argv,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=cwd,
                 start_new_session=True,  # our Ctrl-C handling decides when it dies
             )
         except OSError as exc:

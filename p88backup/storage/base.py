@@ -18,6 +18,7 @@ client library's exceptions:
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ class Storage(Protocol):
         """Remove several keys (batched where the backend can)."""
         ...
 
-    def reap_interrupted(self, older_than_seconds: float) -> list[str]:
+    def reap_interrupted(self, older_than_seconds: float) -> builtins.list[str]:
         """Remove leftovers of puts killed mid-stream (never visible as
         objects: local temp files, S3 multipart uploads) older than the
         given age; return what was removed."""

@@ -9,6 +9,7 @@ clears those.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import time
@@ -135,7 +136,7 @@ class LocalStorage:
         validate_prefix(prefix)
         head, _, _ = prefix.rpartition("/")
         start = self.root / head if head else self.root
-        found: list[ObjectInfo] = []
+        found: builtins.list[ObjectInfo] = []
         for dirpath, dirnames, filenames in os.walk(start):
             if Path(dirpath) == self.root:
                 dirnames[:] = [d for d in dirnames if d != TMP_DIR]
@@ -173,10 +174,10 @@ class LocalStorage:
         for key in keys:
             self.delete(key)
 
-    def reap_interrupted(self, older_than_seconds: float) -> list[str]:
+    def reap_interrupted(self, older_than_seconds: float) -> builtins.list[str]:
         """Delete temporary files of interrupted puts; return their names."""
         tmp_dir = self.root / TMP_DIR
-        removed: list[str] = []
+        removed: builtins.list[str] = []
         if not tmp_dir.is_dir():
             return removed
         cutoff = time.time() - older_than_seconds

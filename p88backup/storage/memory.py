@@ -7,6 +7,7 @@ would with real storage.
 
 from __future__ import annotations
 
+import builtins
 import io
 import threading
 from collections.abc import Iterable, Iterator
@@ -63,7 +64,7 @@ class MemoryStorage:
         for key in keys:
             self.delete(key)
 
-    def reap_interrupted(self, older_than_seconds: float) -> list[str]:
+    def reap_interrupted(self, older_than_seconds: float) -> builtins.list[str]:
         return []  # puts here are all-or-nothing within the process
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ Endpoint, region and credentials come from boto3's own standard sources
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -180,18 +181,16 @@ class S3Storage:
             return ObjectInfo(key, len(first))
         return self._put_multipart(key, full, first, data, cond)
 
-    def _put_multipart(
-        self, key: str, full: str, first: bytes, data: Readable, cond: dict[str, Any]
-    ) -> ObjectInfo:
+    def _put_multipart(self, key: str, full: str, first: bytes, data: Readable, cond: dict[str, Any]) -> ObjectInfo:
         upload_id = self._call(
             f"start upload of {key}",
             lambda: self._client.create_multipart_upload(Bucket=self.bucket, Key=full)["UploadId"],
         )
-        parts: list[dict[str, Any]] = []
+        parts: builtins.list[dict[str, Any]] = []
         size = 0
         try:
             with ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="s3put") as pool:
-                in_flight: list[Future[dict[str, Any]]] = []
+                in_flight: builtins.list[Future[dict[str, Any]]] = []
                 body, number, part_size = first, 1, self.part_size
                 while body:
                     size += len(body)
@@ -253,19 +252,22 @@ class S3Storage:
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
             if token:
                 kwargs["ContinuationToken"] = token
-            page = self._call(f"list {prefix or '/'}", lambda kw=kwargs: self._client.list_objects_v2(**kw))
+            page = self._list_page(prefix, kwargs)
             for obj in page.get("Contents", []):
                 yield ObjectInfo(obj["Key"][cut:], int(obj["Size"]), obj.get("LastModified"))
             if not page.get("IsTruncated"):
                 return
             token = page["NextContinuationToken"]
 
+    def _list_page(self, prefix: str, kwargs: dict[str, Any]) -> Any:
+        return self._call(f"list {prefix or '/'}", lambda: self._client.list_objects_v2(**kwargs))
+
     def delete(self, key: str) -> None:
         full = self._key(key)
         self._call(f"delete {key}", lambda: self._client.delete_object(Bucket=self.bucket, Key=full))
 
     def delete_many(self, keys: Iterable[str]) -> None:
-        batch: list[str] = []
+        batch: builtins.list[str] = []
         for key in keys:
             batch.append(self._key(key))
             if len(batch) == 1000:
@@ -274,7 +276,7 @@ class S3Storage:
         if batch:
             self._delete_batch(batch)
 
-    def _delete_batch(self, fulls: list[str]) -> None:
+    def _delete_batch(self, fulls: builtins.list[str]) -> None:
         resp = self._call(
             f"delete {len(fulls)} objects",
             lambda: self._client.delete_objects(
@@ -284,11 +286,9 @@ class S3Storage:
         errors = resp.get("Errors") or []
         if errors:
             first = errors[0]
-            raise StorageError(
-                f"could not delete {len(errors)} objects, e.g. {first.get('Key')}: {first.get('Code')}"
-            )
+            raise StorageError(f"could not delete {len(errors)} objects, e.g. {first.get('Key')}: {first.get('Code')}")
 
-    def reap_interrupted(self, older_than_seconds: float) -> list[str]:
+    def reap_interrupted(self, older_than_seconds: float) -> builtins.list[str]:
         """Abort multipart uploads left by killed runs; return their keys."""
         import datetime as dt
 
@@ -297,7 +297,7 @@ class S3Storage:
             "list uploads",
             lambda: self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix),
         )
-        aborted: list[str] = []
+        aborted: builtins.list[str] = []
         for up in resp.get("Uploads", []):
             if up["Initiated"] < cutoff:
                 self._abort(up["Key"], up["UploadId"])

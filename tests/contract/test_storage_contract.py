@@ -78,7 +78,11 @@ def get_bytes(s: Storage, key: str) -> bytes:
 def probe(backend: Backend, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.harness.storage_probe", args[0], backend.url, *args[1:]],
-        cwd=REPO, env={**os.environ, **backend.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env={**os.environ, **backend.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -77,8 +77,17 @@ class PgCluster:
         datadir.mkdir(mode=0o700)
         chown_for_service(datadir)
         cluster._run_as_service(
-            [str(cluster.bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--locale=C.UTF-8", *initdb_args]
+            [
+                str(cluster.bindir / "initdb"),
+                "-D",
+                str(datadir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                *initdb_args,
+            ]
         )
         conf = {
             "listen_addresses": "'127.0.0.1'",
@@ -111,8 +120,14 @@ class PgCluster:
     def _run_as_service(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
         user = service_user()
         r = subprocess.run(
-            argv, user=user, group=user, check=False, capture_output=True, text=True,
-            cwd="/", env={**os.environ, "LC_ALL": "C.UTF-8"},
+            argv,
+            user=user,
+            group=user,
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd="/",
+            env={**os.environ, "LC_ALL": "C.UTF-8"},
         )
         if check and r.returncode != 0:
             raise RuntimeError(f"{os.path.basename(argv[0])} failed ({r.returncode}): {r.stderr.strip()}")
@@ -123,8 +138,17 @@ class PgCluster:
             self.logfile.touch()
         os.chmod(self.logfile, 0o666)
         r = self._run_as_service(
-            [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
-             "-w", "-t", str(int(timeout)), "start"],
+            [
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.logfile),
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "start",
+            ],
             check=False,
         )
         if r.returncode != 0:
@@ -184,7 +208,10 @@ class PgCluster:
     def psql(self, script: str, dbname: str = "postgres") -> str:
         r = subprocess.run(
             [str(self.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.url(dbname)],
-            input=script, capture_output=True, text=True, check=False,
+            input=script,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if r.returncode != 0:
             raise RuntimeError(f"psql failed: {r.stderr}")

@@ -75,9 +75,10 @@ class S3Server:
     def restart(self) -> None:
         """Start again on the same port (and, for MinIO, the same data)."""
         self.stop()
-        log = open(self.logfile, "ab")
-        self.proc = subprocess.Popen(self.start_args, stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **self.start_env})
+        with open(self.logfile, "ab") as log:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                self.start_args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.start_env}
+            )
         wait_for(self._ready, 60, f"{self.kind} S3 server")
 
     def _ready(self) -> bool:
@@ -118,8 +119,9 @@ def minio_binary(build: bool = True) -> Path:
         "GOCACHE": os.environ.get("GOCACHE", str(cache_dir() / "gobuild")),
         "CGO_ENABLED": "0",
     }
-    r = subprocess.run([go, "install", f"{MINIO_MODULE}@{MINIO_VERSION}"], env=env,
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [go, "install", f"{MINIO_MODULE}@{MINIO_VERSION}"], env=env, capture_output=True, text=True, check=False
+    )
     if r.returncode != 0:
         raise RuntimeError(f"go install {MINIO_MODULE}@{MINIO_VERSION} failed:\n{r.stderr[-3000:]}")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -132,10 +134,22 @@ def start_minio(workdir: Path, port: int | None = None) -> S3Server:
     (workdir / "data").mkdir(exist_ok=True)
     port = port or free_port()
     console = free_port()
-    args = [str(minio_binary()), "server", str(workdir / "data"), "--quiet",
-            "--address", f"127.0.0.1:{port}", "--console-address", f"127.0.0.1:{console}"]
-    env = {"MINIO_ROOT_USER": ACCESS_KEY, "MINIO_ROOT_PASSWORD": SECRET_KEY,
-           "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}
+    args = [
+        str(minio_binary()),
+        "server",
+        str(workdir / "data"),
+        "--quiet",
+        "--address",
+        f"127.0.0.1:{port}",
+        "--console-address",
+        f"127.0.0.1:{console}",
+    ]
+    env = {
+        "MINIO_ROOT_USER": ACCESS_KEY,
+        "MINIO_ROOT_PASSWORD": SECRET_KEY,
+        "MINIO_BROWSER": "off",
+        "MINIO_UPDATE": "off",
+    }
     server = S3Server("minio", f"http://127.0.0.1:{port}", None, workdir, workdir / "minio.log", args, env)
     try:
         server.restart()

@@ -43,8 +43,14 @@ def bigdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
 
 
 def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "p88backup", "--log-format", "json", *args], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "p88backup", "--log-format", "json", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def child_named(proc: subprocess.Popen[str], name: str, timeout: float = 30) -> psutil.Process:
@@ -108,9 +114,11 @@ def test_postgres_stopped_mid_dump(pg_factory, tmp_path: Path) -> None:  # type:
     cluster: PgCluster = pg_factory("stopme")
     cluster.start()
     cluster.sql("CREATE DATABASE app")
-    cluster.psql("CREATE EXTENSION pgcrypto; CREATE TABLE big (id int, v text);"
-                 "INSERT INTO big SELECT g, encode(gen_random_bytes(600), 'base64') FROM generate_series(1, 300000) g;",
-                 "app")
+    cluster.psql(
+        "CREATE EXTENSION pgcrypto; CREATE TABLE big (id int, v text);"
+        "INSERT INTO big SELECT g, encode(gen_random_bytes(600), 'base64') FROM generate_series(1, 300000) g;",
+        "app",
+    )
     store = tmp_path / "store"
     env = cli_env(tmp_path, P88_DATABASE_URL=cluster.url("app"), P88_STORAGE_URL=f"file://{store}")
     bid, before = first_backup(env, store)
@@ -127,8 +135,9 @@ def test_postgres_stopped_mid_dump(pg_factory, tmp_path: Path) -> None:  # type:
 
 
 def test_postgres_down_before_dump(tmp_path: Path) -> None:
-    env = cli_env(tmp_path, P88_DATABASE_URL="postgresql://postgres@127.0.0.1:1/app",
-                  P88_STORAGE_URL=f"file://{tmp_path}/store")
+    env = cli_env(
+        tmp_path, P88_DATABASE_URL="postgresql://postgres@127.0.0.1:1/app", P88_STORAGE_URL=f"file://{tmp_path}/store"
+    )
     r = run_cli(["dump"], env)
     assert r.returncode == ExitCode.DATABASE
     assert "cannot connect to PostgreSQL at 127.0.0.1:1/app" in r.stderr
@@ -138,8 +147,13 @@ def test_s3_server_stopped_mid_upload(bigdb: PgCluster, tmp_path: Path) -> None:
     server: S3Server = start_minio(tmp_path / "minio")
     try:
         bucket = server.create_bucket("faults")
-        env = cli_env(tmp_path, P88_DATABASE_URL=bigdb.url("app"), P88_STORAGE_URL=f"s3://{bucket}/p88",
-                      P88_RETRY_DEADLINE_SECONDS="4", **server.env())
+        env = cli_env(
+            tmp_path,
+            P88_DATABASE_URL=bigdb.url("app"),
+            P88_STORAGE_URL=f"s3://{bucket}/p88",
+            P88_RETRY_DEADLINE_SECONDS="4",
+            **server.env(),
+        )
         bid = json_out(run_cli(["dump", "--json"], env))["id"]
         before = {o["Key"] for o in server.client().list_objects_v2(Bucket=bucket).get("Contents", [])}
 
@@ -172,15 +186,20 @@ def fake_bin(tmp_path: Path, pg: PgCluster, pg_dump_body: str) -> Path:
     bin_dir = tmp_path / "fakebin"
     for tool in ("pg_dumpall", "pg_restore", "psql"):
         _fake_tool(bin_dir, tool, f'exec {pg.bindir / tool} "$@"')
-    _fake_tool(bin_dir, "pg_dump",
-               f'if [ "$1" = --version ]; then exec {pg.bindir / "pg_dump"} --version; fi\n{pg_dump_body}')
+    _fake_tool(
+        bin_dir, "pg_dump", f'if [ "$1" = --version ]; then exec {pg.bindir / "pg_dump"} --version; fi\n{pg_dump_body}'
+    )
     return bin_dir
 
 
 def test_zero_byte_dump_is_a_failure(bigdb: PgCluster, tmp_path: Path) -> None:
     store = tmp_path / "store"
-    env = cli_env(tmp_path, P88_DATABASE_URL=bigdb.url("app"), P88_STORAGE_URL=f"file://{store}",
-                  P88_PG_BIN_DIR=str(fake_bin(tmp_path, bigdb, "exit 0")))
+    env = cli_env(
+        tmp_path,
+        P88_DATABASE_URL=bigdb.url("app"),
+        P88_STORAGE_URL=f"file://{store}",
+        P88_PG_BIN_DIR=str(fake_bin(tmp_path, bigdb, "exit 0")),
+    )
     r = run_cli(["dump"], env)
     assert r.returncode == ExitCode.PG_TOOL
     assert "pg_dump produced no output" in r.stderr
@@ -191,8 +210,12 @@ def test_zero_byte_dump_is_a_failure(bigdb: PgCluster, tmp_path: Path) -> None:
 def test_pg_dump_error_exit_is_a_failure(bigdb: PgCluster, tmp_path: Path) -> None:
     body = f'{bigdb.bindir / "pg_dump"} "$@" | head -c 100000; echo "pg_dump: error: simulated" >&2; exit 1'
     store = tmp_path / "store"
-    env = cli_env(tmp_path, P88_DATABASE_URL=bigdb.url("app"), P88_STORAGE_URL=f"file://{store}",
-                  P88_PG_BIN_DIR=str(fake_bin(tmp_path, bigdb, body)))
+    env = cli_env(
+        tmp_path,
+        P88_DATABASE_URL=bigdb.url("app"),
+        P88_STORAGE_URL=f"file://{store}",
+        P88_PG_BIN_DIR=str(fake_bin(tmp_path, bigdb, body)),
+    )
     r = run_cli(["dump"], env)
     assert r.returncode == ExitCode.PG_TOOL
     assert "pg_dump exited with status 1: pg_dump: error: simulated" in r.stderr
@@ -202,8 +225,9 @@ def test_pg_dump_error_exit_is_a_failure(bigdb: PgCluster, tmp_path: Path) -> No
 def test_pg_dump_too_old_for_the_server(bigdb: PgCluster, tmp_path: Path) -> None:
     bin_dir = tmp_path / "oldbin"
     _fake_tool(bin_dir, "pg_dump", 'echo "pg_dump (PostgreSQL) 12.20"')
-    env = cli_env(tmp_path, P88_DATABASE_URL=bigdb.url("app"), P88_STORAGE_URL=f"file://{tmp_path}/s",
-                  P88_PG_BIN_DIR=str(bin_dir))
+    env = cli_env(
+        tmp_path, P88_DATABASE_URL=bigdb.url("app"), P88_STORAGE_URL=f"file://{tmp_path}/s", P88_PG_BIN_DIR=str(bin_dir)
+    )
     r = run_cli(["dump"], env)
     major = bigdb.version_num() // 10000
     assert r.returncode == ExitCode.PG_TOOL
@@ -242,8 +266,12 @@ def test_truncated_archive_with_exit_zero_is_caught_by_verify(bigdb: PgCluster, 
     streaming; verify reads every data block and catches it."""
     body = f'{bigdb.bindir / "pg_dump"} "$@" | head -c 3000000; exit 0'
     store = tmp_path / "store"
-    env = cli_env(tmp_path, P88_DATABASE_URL=bigdb.url("app"), P88_STORAGE_URL=f"file://{store}",
-                  P88_PG_BIN_DIR=str(fake_bin(tmp_path, bigdb, body)))
+    env = cli_env(
+        tmp_path,
+        P88_DATABASE_URL=bigdb.url("app"),
+        P88_STORAGE_URL=f"file://{store}",
+        P88_PG_BIN_DIR=str(fake_bin(tmp_path, bigdb, body)),
+    )
     bid = json_out(run_cli(["dump", "--json", "--no-globals"], env))["id"]
     r = run_cli(["verify", bid], env)
     assert r.returncode == ExitCode.VERIFY_FAILED, r.stderr

@@ -72,8 +72,9 @@ VARIANTS = {
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_dump_restore_is_identical(variant: str, source: PgCluster, expected: dict[str, object],
-                                   tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_dump_restore_is_identical(
+    variant: str, source: PgCluster, expected: dict[str, object], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     dump_args, opts = VARIANTS[variant]
     extra: dict[str, str] = {"P88_DATABASE_URL": source.url(SOURCE_DB)}
     if opts.get("s3"):
@@ -108,8 +109,9 @@ def test_dump_restore_is_identical(variant: str, source: PgCluster, expected: di
         assert not source.sql("SELECT 1 FROM pg_database WHERE datname = 'copy2'")
 
 
-def test_roles_and_data_into_a_fresh_cluster(source: PgCluster, expected: dict[str, object], tmp_path: Path,
-                                             pg_factory) -> None:  # type: ignore[no-untyped-def]
+def test_roles_and_data_into_a_fresh_cluster(
+    source: PgCluster, expected: dict[str, object], tmp_path: Path, pg_factory
+) -> None:  # type: ignore[no-untyped-def]
     store = f"file://{tmp_path}/store"
     env = cli_env(tmp_path, P88_DATABASE_URL=source.url(SOURCE_DB), P88_STORAGE_URL=store)
     ok(run_cli(["dump"], env))
@@ -126,8 +128,9 @@ def test_roles_and_data_into_a_fresh_cluster(source: PgCluster, expected: dict[s
     assert fresh.scalar("SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = 'p88_reader'")
 
 
-def test_restore_refuses_existing_database_unless_clean(source: PgCluster, expected: dict[str, object],
-                                                        tmp_path: Path) -> None:
+def test_restore_refuses_existing_database_unless_clean(
+    source: PgCluster, expected: dict[str, object], tmp_path: Path
+) -> None:
     env = cli_env(tmp_path, P88_DATABASE_URL=source.url(SOURCE_DB), P88_STORAGE_URL=f"file://{tmp_path}/store")
     ok(run_cli(["dump", "--no-globals"], env))
     source.sql('CREATE DATABASE "occupied"')
@@ -147,8 +150,9 @@ def test_restore_without_p88backup(source: PgCluster, expected: dict[str, object
     """DESIGN §4: the stored objects restore with age, zstd and pg_restore alone (the runbook's recipe)."""
     public, key = age_key(tmp_path)
     store = tmp_path / "store"
-    env = cli_env(tmp_path, P88_DATABASE_URL=source.url(SOURCE_DB), P88_STORAGE_URL=f"file://{store}",
-                  P88_AGE_RECIPIENTS=public)
+    env = cli_env(
+        tmp_path, P88_DATABASE_URL=source.url(SOURCE_DB), P88_STORAGE_URL=f"file://{store}", P88_AGE_RECIPIENTS=public
+    )
     bid = json_out(run_cli(["dump", "--json"], env))["id"]
     dump_files = list((store / "dumps" / bid).glob("*.pgdump.zst.age"))
     globals_file = store / "dumps" / bid / "globals.sql.zst.age"

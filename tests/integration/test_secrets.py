@@ -33,12 +33,21 @@ def test_password_stays_out_of_argv_logs_and_storage(pg: PgCluster, tmp_path: Pa
     argv_log = tmp_path / "argv.log"
     store = tmp_path / "store"
     url = f"postgresql://p88_secret:{quote(PASSWORD, safe='')}@127.0.0.1:{pg.port}/secretdb"
-    env = cli_env(tmp_path, P88_DATABASE_URL=url, P88_STORAGE_URL=f"file://{store}",
-                  P88_PG_BIN_DIR=str(spy_bin(tmp_path, pg, argv_log)))
+    env = cli_env(
+        tmp_path,
+        P88_DATABASE_URL=url,
+        P88_STORAGE_URL=f"file://{store}",
+        P88_PG_BIN_DIR=str(spy_bin(tmp_path, pg, argv_log)),
+    )
 
     outputs = []
-    for args in (["-v", "dump"], ["-v", "verify", "latest"], ["-v", "list"],
-                 ["-v", "restore", "--dump", "latest", "--target-db", "secretdb_copy"], ["config"]):
+    for args in (
+        ["-v", "dump"],
+        ["-v", "verify", "latest"],
+        ["-v", "list"],
+        ["-v", "restore", "--dump", "latest", "--target-db", "secretdb_copy"],
+        ["config"],
+    ):
         r = ok(run_cli(args, env))
         outputs.append(r.stdout + r.stderr)
     assert pg.scalar("SELECT count(*) FROM t", "secretdb_copy") == 100  # the password did its job, via PGPASSWORD

@@ -41,16 +41,27 @@ def test_db_slug_round_trips_and_is_a_valid_key(name: str) -> None:
 def test_parse_manifest_key() -> None:
     assert layout.parse_manifest_key("dumps/20261127T021500Z/manifest.json") == ("dump", "20261127T021500Z")
     assert layout.parse_manifest_key("basebackups/20261127T021500Z-01/manifest.json") == (
-        "basebackup", "20261127T021500Z-01")
+        "basebackup",
+        "20261127T021500Z-01",
+    )
     for bad in ("dumps/20261127T021500Z/x.json", "dumps/garbage/manifest.json", "other/20261127T021500Z/manifest.json"):
         assert layout.parse_manifest_key(bad) is None
 
 
 def manifest(bid: str, when: datetime) -> DumpManifest:
     obj = StoredObject(key=f"dumps/{bid}/p88.pgdump.zst", size=1, sha256="0" * 64, raw_size=1)
-    return DumpManifest(id=bid, started_at=when, finished_at=when, server_version="16.4", server_version_num=160004,
-                        tool_version="16.4", p88backup_version="0.1.0", encoding=Encoding(), snapshot_time=when,
-                        databases=[DatabaseDump(name="p88", format="custom", objects=[obj])])
+    return DumpManifest(
+        id=bid,
+        started_at=when,
+        finished_at=when,
+        server_version="16.4",
+        server_version_num=160004,
+        tool_version="16.4",
+        p88backup_version="0.1.0",
+        encoding=Encoding(),
+        snapshot_time=when,
+        databases=[DatabaseDump(name="p88", format="custom", objects=[obj])],
+    )
 
 
 @pytest.fixture

@@ -50,7 +50,10 @@ def test_config_redacts_the_password(tmp_path: Path) -> None:
 def test_config_file_via_option_and_env(tmp_path: Path) -> None:
     cfg = tmp_path / "p88.toml"
     cfg.write_text('storage_url = "file:///srv/p88"\n[retention]\nkeep_daily = 2\n')
-    for args, extra in ((["--config", str(cfg), "config", "--json"], {}), (["config", "--json"], {"P88_CONFIG": str(cfg)})):
+    for args, extra in (
+        (["--config", str(cfg), "config", "--json"], {}),
+        (["config", "--json"], {"P88_CONFIG": str(cfg)}),
+    ):
         data = json.loads(run_cli(args, cli_env(tmp_path, **extra)).stdout)
         assert data["storage_url"] == "file:///srv/p88" and data["retention"]["keep_daily"] == 2
 
@@ -91,7 +94,12 @@ def test_exit_codes_are_documented(tmp_path: Path) -> None:
 
 
 def test_console_log_format(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "p88backup", "--log-format", "console", "config"],
-                       env=cli_env(tmp_path, P88_STORAGE_URL="ftp://x"), capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "p88backup", "--log-format", "console", "config"],
+        env=cli_env(tmp_path, P88_STORAGE_URL="ftp://x"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 3
     assert r.stderr.startswith("error   invalid setting storage_url")

@@ -31,7 +31,10 @@ def test_wait_uses_the_injected_sleep(tmp_path: Path) -> None:
 
 
 def test_lock_dies_with_its_process(tmp_path: Path) -> None:
-    code = f"from p88backup.locks import job_lock; import os\nwith job_lock(__import__('pathlib').Path({str(tmp_path)!r}), 'dump'): os._exit(0)"
+    code = (
+        "import os, pathlib\nfrom p88backup.locks import job_lock\n"
+        f"with job_lock(pathlib.Path({str(tmp_path)!r}), 'dump'):\n    os._exit(0)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     with job_lock(tmp_path, "dump"):  # no stale lock after the holder died
         pass
