@@ -142,3 +142,14 @@ class PitrTargetError(P88Error):
 
 class InterruptedRunError(P88Error):
     exit_code = ExitCode.INTERRUPTED
+
+
+def restore_command_status(exc: BaseException) -> int:
+    """Exit status of ``wal-fetch`` for a failure (PostgreSQL's restore_command contract).
+
+    1 means "no such file in the archive" and makes PostgreSQL end recovery
+    normally; anything else must abort recovery, hence 126.
+    """
+    if isinstance(exc, ObjectNotFoundError):
+        return int(ExitCode.ERROR)
+    return int(ExitCode.RESTORE_COMMAND_FAILED)

@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from p88backup.errors import P88Error
 from p88backup.redact import SECRETS
 
 
@@ -61,6 +62,17 @@ def configure(fmt: str | None = None, verbose: int = 0, stream: TextIO | None = 
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+
+
+def report_error(exc: P88Error) -> None:
+    """One ERROR line for an expected failure (plus its hint); the traceback only at DEBUG."""
+    root = logging.getLogger("p88backup")
+    if not root.handlers:  # failed before logging was configured
+        configure(None, 0)
+    extra: dict[str, Any] = {"exit_code": int(exc.exit_code), "error": type(exc).__name__}
+    if exc.hint:
+        extra["hint"] = exc.hint
+    root.error(str(exc), extra={"p88": extra}, exc_info=exc if root.isEnabledFor(logging.DEBUG) else None)
 
 
 def fields(**kw: Any) -> dict[str, Any]:

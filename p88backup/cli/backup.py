@@ -145,3 +145,44 @@ def verify_cmd(app: App, backup: str, kind: str, as_json: bool) -> None:
         bad = report.failures
         raise VerifyError(f"{kind} {report.id}: {len(bad)} of {len(report.checks)} objects failed: {bad[0].problem}")
     log.info("verify passed", extra={"p88": {"kind": kind, "id": report.id, "objects": len(report.checks)}})
+
+
+@click.command("basebackup")
+@click.option(
+    "--wal-timeout",
+    type=float,
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the backup's WAL to reach the archive before failing.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
+@wait_option
+@pass_app
+def basebackup_cmd(app: App, wal_timeout: float, as_json: bool, wait: float) -> None:
+    """Take a base backup for point-in-time recovery.
+
+    pg_basebackup (tar, without WAL) streams through zstd (and age) into
+    storage. The backup is listed only once all the WAL it needs has been
+    archived (by archive_command = 'p88backup wal-push %p' or by
+    p88backup wal-stream), so every listed base backup is restorable.
+    """
+    from p88backup.cli.catalog import backup_row
+    from p88backup.core.basebackup import BaseBackupOptions, BaseBackupRunner
+    from p88backup.locks import job_lock
+
+    s = app.settings
+    t0 = time.monotonic()
+    options = BaseBackupOptions(wal_timeout=wal_timeout, pg_bin_dir=s.pg_bin_dir)
+    with job_lock(s.lock_dir, "basebackup", wait=wait), byte_progress("pg_basebackup") as progress:
+        manifest = BaseBackupRunner(app.conninfo, app.storage, app.codec, options, progress=progress).run()
+    summary = backup_row(manifest)
+    summary["seconds"] = round(time.monotonic() - t0, 2)
+    if as_json:
+        render.emit_json(summary)
+    else:
+        click.echo(
+            f"base backup {manifest.id}: timeline {manifest.timeline}, {manifest.start_lsn} .. "
+            f"{manifest.stop_lsn} ({render.human_bytes(manifest.data_size)} -> "
+            f"{render.human_bytes(manifest.stored_bytes)}, {render.human_duration(summary['seconds'])})"
+        )  # type: ignore[arg-type]

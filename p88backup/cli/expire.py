@@ -23,17 +23,28 @@ def expire_cmd(app: App, dry_run: bool, as_json: bool, wait: float) -> None:
     """Delete backups that retention no longer keeps.
 
     Dumps follow GFS (retention.keep_daily / keep_weekly / keep_monthly, and
-    never fewer than keep_min). The newest good backup is never deleted.
-    Incomplete runs older than retention.orphan_grace_hours are removed too.
+    never fewer than keep_min). Base backups: the newest
+    retention.keep_base_backups, plus any younger than
+    retention.base_backup_window_days. WAL is deleted only when no retained
+    base backup needs it. The newest good backup of each kind is never
+    deleted. Incomplete runs older than retention.orphan_grace_hours go too.
     """
-    from p88backup.core.expire import Expirer
+    from p88backup.core.expire import BaseBackupPolicy, Expirer
     from p88backup.core.retention import GfsPolicy
+    from p88backup.core.wal import WalArchive
     from p88backup.locks import job_lock
 
     s = app.settings
     r = s.retention
     policy = GfsPolicy(r.keep_daily, r.keep_weekly, r.keep_monthly, r.keep_min)
-    expirer = Expirer(app.storage, policy, orphan_grace=timedelta(hours=r.orphan_grace_hours), lock_dir=s.lock_dir)
+    expirer = Expirer(
+        app.storage,
+        policy,
+        orphan_grace=timedelta(hours=r.orphan_grace_hours),
+        lock_dir=s.lock_dir,
+        base_policy=BaseBackupPolicy(r.keep_base_backups, s.base_backup_window),
+        archive=WalArchive(app.storage, app.codec),
+    )
     with job_lock(s.lock_dir, "expire", wait=wait):
         plan = expirer.plan(datetime.now(UTC))
         if not dry_run:
@@ -44,11 +55,13 @@ def expire_cmd(app: App, dry_run: bool, as_json: bool, wait: float) -> None:
         render.emit_json(data)
         return
     verb = "would delete" if dry_run else "deleted"
-    rows = [(i, "keep", "; ".join(reasons)) for i, reasons in sorted(plan.dumps.keep.items())]
-    rows += [(i, verb, "") for i in plan.dumps.expire]
-    rows.sort()
-    if rows:
-        render.table("dumps", ["id", "action", "why kept"], rows)
+    for title, decision in (("dumps", plan.dumps), ("base backups", plan.basebackups)):
+        rows = [(i, "keep", "; ".join(reasons)) for i, reasons in sorted(decision.keep.items())]
+        rows += [(i, verb, "") for i in decision.expire]
+        if rows:
+            render.table(title, ["id", "action", "why kept"], sorted(rows))
+    if plan.wal:
+        click.echo(f"{verb} {len(plan.wal)} WAL objects older than {plan.wal_kept_from} (needed by no retained backup)")
     for o in plan.orphans:
         click.echo(f"{verb} incomplete {o.kind} {o.id} ({len(o.keys)} objects)")
     log.info(

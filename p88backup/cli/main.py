@@ -11,12 +11,12 @@ import importlib
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from p88backup import __version__
 from p88backup.errors import EXIT_CODE_HELP, ExitCode, P88Error
+from p88backup.log import report_error
 
 log = logging.getLogger("p88backup")
 
@@ -28,6 +28,12 @@ COMMANDS: dict[str, str] = {
     "verify": "p88backup.cli.backup:verify_cmd",
     "restore": "p88backup.cli.restore:restore_cmd",
     "expire": "p88backup.cli.expire:expire_cmd",
+    "wal-push": "p88backup.cli.wal:wal_push_cmd",
+    "wal-fetch": "p88backup.cli.wal:wal_fetch_cmd",
+    "wal-stream": "p88backup.cli.wal:wal_stream_cmd",
+    "wal-verify": "p88backup.cli.wal:wal_verify_cmd",
+    "basebackup": "p88backup.cli.backup:basebackup_cmd",
+    "restore-point": "p88backup.cli.wal:restore_point_cmd",
     "config": "p88backup.cli.config_cmd:config_cmd",
 }
 
@@ -96,26 +102,13 @@ def exit_codes() -> None:
 COMMANDS["exit-codes"] = "p88backup.cli.main:exit_codes"
 
 
-def report(exc: P88Error) -> None:
-    """One ERROR line (plus the hint); the traceback only with -v."""
-    root = logging.getLogger("p88backup")
-    if not root.handlers:  # failed before the CLI root configured logging
-        from p88backup import log as logsetup
-
-        logsetup.configure(None, 0)
-    extra: dict[str, Any] = {"exit_code": int(exc.exit_code), "error": type(exc).__name__}
-    if exc.hint:
-        extra["hint"] = exc.hint
-    log.error(str(exc), extra={"p88": extra}, exc_info=exc if root.isEnabledFor(logging.DEBUG) else None)
-
-
 def run(argv: list[str] | None = None, prog_name: str = "p88backup") -> int:
     """Run the CLI and return the exit status. The one exception-to-exit mapping."""
     try:
         cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
         return ExitCode.OK
     except P88Error as exc:
-        report(exc)
+        report_error(exc)
         return int(exc.exit_code)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
@@ -139,7 +132,7 @@ def run(argv: list[str] | None = None, prog_name: str = "p88backup") -> int:
         from p88backup.errors import DatabaseError
         from p88backup.pg.conn import first_line
 
-        report(DatabaseError(f"PostgreSQL error: {first_line(exc)}"))
+        report_error(DatabaseError(f"PostgreSQL error: {first_line(exc)}"))
         return ExitCode.DATABASE
 
 

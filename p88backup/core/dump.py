@@ -32,7 +32,7 @@ from p88backup.catalog import Catalog, layout
 from p88backup.catalog.models import DatabaseDump, DumpManifest, Encoding, StoredObject
 from p88backup.errors import DatabaseError, P88Error, PgToolError
 from p88backup.pg.conn import ConnInfo, first_line
-from p88backup.pg.proc import ToolProcess
+from p88backup.pg.proc import ToolOutput, ToolProcess
 from p88backup.pg.tools import Tool, client_for, major_of
 from p88backup.storage import Readable, Storage
 from p88backup.stream import Codec, HashingReader, encode
@@ -65,37 +65,6 @@ class ServerInfo:
     @property
     def major(self) -> int:
         return major_of(self.version_num)
-
-
-class CheckedOutput:
-    """A tool's stdout that, at end of stream, insists the tool succeeded.
-
-    Raising from ``read`` makes storage abort the put, so a dump that failed
-    (or was killed) never becomes a stored object. Also rejects empty output
-    and output that does not start with the expected magic bytes.
-    """
-
-    def __init__(self, tool: ToolProcess, magic: bytes, progress: Progress | None = None) -> None:
-        self._tool, self._magic, self._progress = tool, magic, progress
-        self._head = b""
-        self.size = 0
-
-    def read(self, size: int = -1, /) -> bytes:
-        data = self._tool.stdout.read(size)
-        if data:
-            if len(self._head) < len(self._magic):
-                self._head += data[: len(self._magic) - len(self._head)]
-                if not self._magic.startswith(self._head):
-                    raise PgToolError(f"{self._tool.what} output is not in the expected format")
-            self.size += len(data)
-            if self._progress:
-                self._progress(len(data))
-            return data
-        self._tool.finish()
-        if self._head != self._magic:
-            what = "no output" if self.size == 0 else "truncated or malformed output"
-            raise PgToolError(f"{self._tool.what} produced {what}")
-        return b""
 
 
 def store(storage: Storage, key: str, src: Readable, codec: Codec) -> StoredObject:
@@ -314,7 +283,7 @@ class Dumper:
     def _dump_custom(self, pg_dump: Tool, ci: ConnInfo, snap: str, bid: str, name: str) -> StoredObject:
         argv = self._pg_dump_argv(pg_dump, ci, snap) + ["--format=custom"]
         with ToolProcess(argv, env=ci.env(), what="pg_dump") as tool:
-            out = CheckedOutput(tool, CUSTOM_MAGIC, self.progress)
+            out = ToolOutput(tool, magic=CUSTOM_MAGIC, progress=self.progress)
             return self._store(layout.dump_key(bid, name, self.codec.suffix), out)
 
     def _dump_directory(self, pg_dump: Tool, ci: ConnInfo, snap: str, bid: str, name: str) -> list[StoredObject]:
@@ -353,4 +322,4 @@ class Dumper:
             argv.append("--no-role-passwords")
             log.warning("not a superuser: role passwords are not included in the globals dump")
         with ToolProcess(argv, env=self.ci.env(), what="pg_dumpall") as tool:
-            return self._store(layout.globals_key(bid, self.codec.suffix), CheckedOutput(tool, GLOBALS_MAGIC))
+            return self._store(layout.globals_key(bid, self.codec.suffix), ToolOutput(tool, magic=GLOBALS_MAGIC))

@@ -16,7 +16,9 @@ from pathlib import Path
 from p88backup.catalog import Catalog, Orphan
 from p88backup.catalog.layout import Kind
 from p88backup.catalog.models import BaseBackupManifest, DumpManifest
-from p88backup.core.retention import Candidate, Decision, GfsPolicy, plan_gfs
+from p88backup.core import walnames
+from p88backup.core.retention import Candidate, Decision, GfsPolicy, plan_count_or_window, plan_gfs
+from p88backup.core.wal import WalArchive
 from p88backup.errors import LockedError
 from p88backup.locks import job_lock
 from p88backup.storage import Storage
@@ -25,8 +27,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class BaseBackupPolicy:
+    keep: int = 2
+    window: timedelta | None = None
+
+
+@dataclass
 class ExpirePlan:
     dumps: Decision
+    basebackups: Decision
+    wal: list[str] = field(default_factory=list)
+    wal_kept_from: str | None = None
     orphans: list[Orphan] = field(default_factory=list)
     skipped_orphan_kinds: list[str] = field(default_factory=list)
 
@@ -35,6 +46,16 @@ class ExpirePlan:
             "dumps": {
                 "keep": [{"id": i, "reasons": r} for i, r in sorted(self.dumps.keep.items())],
                 "expire": list(self.dumps.expire),
+            },
+            "basebackups": {
+                "keep": [{"id": i, "reasons": r} for i, r in sorted(self.basebackups.keep.items())],
+                "expire": list(self.basebackups.expire),
+            },
+            "wal": {
+                "expire_count": len(self.wal),
+                "kept_from": self.wal_kept_from,
+                "expire_first": self.wal[0] if self.wal else None,
+                "expire_last": self.wal[-1] if self.wal else None,
             },
             "orphans": [
                 {
@@ -50,16 +71,35 @@ class ExpirePlan:
 
 
 class Expirer:
-    def __init__(self, storage: Storage, policy: GfsPolicy, *, orphan_grace: timedelta, lock_dir: Path) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        policy: GfsPolicy,
+        *,
+        orphan_grace: timedelta,
+        lock_dir: Path,
+        base_policy: BaseBackupPolicy | None = None,
+        archive: WalArchive | None = None,
+    ) -> None:
         self.storage, self.policy, self.grace, self.lock_dir = storage, policy, orphan_grace, lock_dir
+        self.base_policy = base_policy or BaseBackupPolicy()
+        self.archive = archive
         self.catalog = Catalog(storage)
-        self._dumps: dict[str, DumpManifest | BaseBackupManifest] = {}
+        self._manifests: dict[tuple[str, str], DumpManifest | BaseBackupManifest] = {}
 
     def plan(self, now: datetime) -> ExpirePlan:
         dumps = self.catalog.dumps()
-        self._dumps = {m.id: m for m in dumps}
+        bases = self.catalog.basebackups()
+        self._manifests = {("dump", m.id): m for m in dumps}
+        self._manifests.update({("basebackup", m.id): m for m in bases})
         decision = plan_gfs([Candidate(m.id, m.started_at) for m in dumps], self.policy, now)
-        plan = ExpirePlan(decision)
+        base_decision = plan_count_or_window(
+            [Candidate(m.id, m.started_at) for m in bases], self.base_policy.keep, self.base_policy.window, now
+        )
+        plan = ExpirePlan(decision, base_decision)
+        kept_bases = [m for m in bases if m.id in base_decision.keep]
+        if kept_bases and self.archive is not None:
+            plan.wal, plan.wal_kept_from = self._expired_wal(kept_bases)
         kinds: tuple[Kind, ...] = ("dump", "basebackup")
         for kind in kinds:
             if self._job_running(kind):
@@ -70,6 +110,21 @@ class Expirer:
                     plan.orphans.append(orphan)
         return plan
 
+    def _expired_wal(self, kept: list[BaseBackupManifest]) -> tuple[list[str], str]:
+        """WAL older than every retained base backup's start: no retained backup can use it.
+
+        History files are never expired (they are tiny and describe timelines).
+        """
+        assert self.archive is not None
+        oldest = min(kept, key=lambda b: walnames.parse_segment_name(b.start_wal)[1])
+        first_needed = walnames.parse_segment_name(oldest.start_wal)[1]
+        expired = []
+        for name, obj in self.archive.objects():
+            wal = walnames.classify(name)
+            if wal.kind != "history" and wal.segno is not None and wal.segno < first_needed:
+                expired.append(obj.key)
+        return expired, oldest.start_wal
+
     def _job_running(self, kind: Kind | str) -> bool:
         try:
             with job_lock(self.lock_dir, str(kind)):
@@ -78,10 +133,16 @@ class Expirer:
             return True
 
     def apply(self, plan: ExpirePlan) -> None:
-        for bid in plan.dumps.expire:
-            manifest = self._dumps.get(bid) or self.catalog.read("dump", bid)
+        expired: list[tuple[Kind, str]] = [("dump", i) for i in plan.dumps.expire]
+        expired += [("basebackup", i) for i in plan.basebackups.expire]
+        for kind, bid in expired:
+            manifest = self._manifests.get((kind, bid)) or self.catalog.read(kind, bid)
             self.catalog.delete(manifest)
-            log.info("expired backup", extra={"p88": {"kind": "dump", "id": bid}})
+            log.info("expired backup", extra={"p88": {"kind": kind, "id": bid}})
+        if plan.wal:
+            # Only after the base backups that needed it are gone.
+            self.storage.delete_many(plan.wal)
+            log.info("expired WAL", extra={"p88": {"objects": len(plan.wal), "kept_from": plan.wal_kept_from}})
         for orphan in plan.orphans:
             self.storage.delete_many(orphan.keys)
             log.info(

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from p88backup.errors import PgToolError
@@ -114,3 +114,48 @@ class ToolProcess:
                     f.close()
                 except OSError:
                     pass
+
+
+class ToolOutput:
+    """A tool's stdout that, at end of stream, insists the tool succeeded.
+
+    Raising from ``read`` makes storage abort the put, so the output of a
+    tool that failed (or was killed) never becomes a stored object. Also
+    rejects empty output, output that does not start with ``magic``, and
+    whatever ``on_end`` objects to (e.g. a truncated tar stream). ``tee``
+    sees every byte on the way (parsers that must not buffer the stream).
+    """
+
+    def __init__(
+        self,
+        tool: ToolProcess,
+        *,
+        magic: bytes = b"",
+        progress: Callable[[int], None] | None = None,
+        tee: Callable[[bytes], None] | None = None,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
+        self._tool, self._magic, self._progress, self._tee, self._on_end = tool, magic, progress, tee, on_end
+        self._head = b""
+        self.size = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._tool.stdout.read(size)
+        if data:
+            if len(self._head) < len(self._magic):
+                self._head += data[: len(self._magic) - len(self._head)]
+                if not self._magic.startswith(self._head):
+                    raise PgToolError(f"{self._tool.what} output is not in the expected format")
+            self.size += len(data)
+            if self._tee:
+                self._tee(data)
+            if self._progress:
+                self._progress(len(data))
+            return data
+        self._tool.finish()
+        if self.size == 0 or self._head != self._magic:
+            what = "no output" if self.size == 0 else "truncated or malformed output"
+            raise PgToolError(f"{self._tool.what} produced {what}")
+        if self._on_end:
+            self._on_end()
+        return b""

@@ -70,7 +70,8 @@ class LocalStorage:
         try:
             self._makedirs(tmp_dir)
             tmp = tmp_dir / f"{os.getpid()}.{time.monotonic_ns()}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            # Permissions follow the umask: protect backups with the storage root's own mode.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as exc:
             raise _os_error(exc, f"cannot write to {self.url}") from None
         size = 0

@@ -123,6 +123,7 @@ class PgCluster:
             argv,
             user=user,
             group=user,
+            extra_groups=[] if user else None,
             check=False,
             capture_output=True,
             text=True,
@@ -172,7 +173,7 @@ class PgCluster:
 
     def is_ready(self) -> bool:
         r = subprocess.run(
-            [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
+            [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q"],
             check=False,
         )
         return r.returncode == 0

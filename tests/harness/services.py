@@ -45,8 +45,14 @@ def _load() -> dict[str, object]:
 def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     """A detached child that outlives this script."""
     with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     return proc.pid
 
 
@@ -65,18 +71,38 @@ def up() -> None:
 
     minio_port, console = procs.free_port(), procs.free_port()
     (base / "minio").mkdir(exist_ok=True)
-    pid = _spawn([str(minio_binary()), "server", str(base / "minio"), "--quiet",
-                  "--address", f"127.0.0.1:{minio_port}", "--console-address", f"127.0.0.1:{console}"],
-                 base / "minio.log",
-                 {"MINIO_ROOT_USER": ACCESS_KEY, "MINIO_ROOT_PASSWORD": SECRET_KEY, "MINIO_BROWSER": "off"})
+    pid = _spawn(
+        [
+            str(minio_binary()),
+            "server",
+            str(base / "minio"),
+            "--quiet",
+            "--address",
+            f"127.0.0.1:{minio_port}",
+            "--console-address",
+            f"127.0.0.1:{console}",
+        ],
+        base / "minio.log",
+        {"MINIO_ROOT_USER": ACCESS_KEY, "MINIO_ROOT_PASSWORD": SECRET_KEY, "MINIO_BROWSER": "off"},
+    )
     minio = S3Server("minio", f"http://127.0.0.1:{minio_port}", None, base, base / "minio.log")
     procs.wait_for(minio._ready, 60, "MinIO")
     minio.create_bucket(BUCKET)
     state["minio"] = {"pid": pid, "endpoint": minio.endpoint}
 
     os_port = procs.free_port()
-    pid = _spawn([sys.executable, "-m", "tests.harness.opensearch_node", "--port", str(os_port),
-                  "--workdir", str(base / "opensearch")], base / "opensearch.log")
+    pid = _spawn(
+        [
+            sys.executable,
+            "-m",
+            "tests.harness.opensearch_node",
+            "--port",
+            str(os_port),
+            "--workdir",
+            str(base / "opensearch"),
+        ],
+        base / "opensearch.log",
+    )
     url = f"http://127.0.0.1:{os_port}"
 
     def healthy() -> bool:
@@ -129,8 +155,9 @@ def down() -> None:
     pg = state.get("pg")
     if isinstance(pg, dict):
         datadir = Path(str(pg["datadir"]))
-        PgCluster(datadir, int(pg["port"]), default_bin_dir(), datadir.parent / "postgres.log",
-                  datadir.parent / "sock").destroy()
+        PgCluster(
+            datadir, int(pg["port"]), default_bin_dir(), datadir.parent / "postgres.log", datadir.parent / "sock"
+        ).destroy()
     time.sleep(1)
     import shutil
 

@@ -1,0 +1,200 @@
+"""``basebackup``: pg_basebackup (tar, no WAL) streamed into storage.
+
+::
+
+    pg_basebackup -D - -Ft -X none | tar walker (backup_label, backup_manifest)
+                                   | zstd [| age] | sha256 -> basebackups/<id>/base.tar.zst
+
+WAL is not in the tar: recovery reads it from the archive (``wal-push`` or
+``wal-stream``). So a base backup is marked complete - its manifest written -
+only once every WAL segment from its start to its end is in the archive
+(DESIGN §3.1). The backup's own ``backup_manifest`` is also stored on its
+own, for ``verify`` and for checking a restored data directory.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from p88backup import __version__
+from p88backup.catalog import Catalog, layout
+from p88backup.catalog.models import BaseBackupManifest, Encoding
+from p88backup.core import walnames
+from p88backup.core.dump import ServerInfo, server_info, store
+from p88backup.core.pgmanifest import parse_backup_label, parse_backup_manifest
+from p88backup.core.tarwalk import CaptureMembers, TarWalker
+from p88backup.core.wal import WalArchive
+from p88backup.errors import P88Error, PgToolError, VerifyError
+from p88backup.pg.conn import ConnInfo
+from p88backup.pg.proc import ToolOutput, ToolProcess
+from p88backup.pg.tools import client_for
+from p88backup.storage import Storage
+from p88backup.stream import Codec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BaseBackupOptions:
+    wal_timeout: float = 600.0
+    pg_bin_dir: Path | None = None
+    checkpoint: str = "fast"
+
+
+def needed_segments(start_segment: str, end_timeline: int, end_lsn: int) -> list[str]:
+    """Every WAL segment from the backup's start through the one holding its end."""
+    start_tli, start_segno = walnames.parse_segment_name(start_segment)
+    # end_lsn is exclusive: the record ending there lies in the segment holding end_lsn - 1.
+    last = walnames.segment_for_lsn(end_timeline, max(end_lsn - 1, 0))
+    if start_tli == end_timeline:
+        return list(walnames.segment_range(start_segment, last))
+    return [start_segment, last]  # a timeline switch during the backup (taken on a standby)
+
+
+class BaseBackupRunner:
+    def __init__(
+        self,
+        ci: ConnInfo,
+        storage: Storage,
+        codec: Codec,
+        options: BaseBackupOptions,
+        *,
+        progress: Callable[[int], None] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.ci, self.storage, self.codec, self.opt = ci, storage, codec, options
+        self.progress, self.clock, self.sleep = progress, clock, sleep
+        self.catalog = Catalog(storage)
+        self.archive = WalArchive(storage, codec)
+        self.written: list[str] = []
+
+    def run(self) -> BaseBackupManifest:
+        started = self.clock()
+        with self.ci.connect() as conn:
+            info = server_info(conn)
+            wal_level = conn.execute("SHOW wal_level").fetchone()[0]
+        if wal_level == "minimal":
+            raise PgToolError("wal_level is minimal: base backups and PITR need wal_level = replica (or logical)")
+        tool = client_for("pg_basebackup", info.major, self.opt.pg_bin_dir)
+        bid = layout.backup_id(started, self.catalog.taken_ids("basebackup"))
+        log.info("base backup started", extra={"p88": {"id": bid, "server": info.version, "storage": self.storage.url}})
+        try:
+            manifest = self._run(bid, tool.path, tool.version, info, started)
+        except BaseException:
+            self._cleanup()
+            raise
+        return manifest
+
+    def _run(
+        self, bid: str, pg_basebackup: Path, tool_version: str, info: ServerInfo, started: datetime
+    ) -> BaseBackupManifest:
+        capture = CaptureMembers({"backup_label", "backup_manifest"})
+        walker = TarWalker(capture)
+        argv = [
+            str(pg_basebackup),
+            "--no-password",
+            f"--dbname={self.ci.dsn()}",
+            "--pgdata=-",
+            "--format=tar",
+            "--wal-method=none",
+            f"--checkpoint={self.opt.checkpoint}",
+            f"--label=p88backup {bid}",
+        ]
+        key = f"{layout.backup_dir('basebackup', bid)}base.tar{self.codec.suffix}"
+        with ToolProcess(argv, env=self.ci.env(), what="pg_basebackup") as proc:
+            out = ToolOutput(proc, progress=self.progress, tee=walker.feed, on_end=walker.finish)
+            self.written.append(key)
+            base = store(self.storage, key, out, self.codec)
+        if "backup_label" not in capture.found or "backup_manifest" not in capture.found:
+            raise PgToolError("pg_basebackup output lacks backup_label or backup_manifest (PostgreSQL 13+ needed)")
+        label = parse_backup_label(bytes(capture.found["backup_label"]))
+        pgman = parse_backup_manifest(bytes(capture.found["backup_manifest"]))
+        if any(f.path.startswith("pg_tblspc/") for f in pgman.files.values()):
+            raise PgToolError("the cluster has tablespaces; p88backup base backups support the main one only")
+        man_key = f"{layout.backup_dir('basebackup', bid)}backup_manifest{self.codec.suffix}"
+        self.written.append(man_key)
+        man_obj = store(self.storage, man_key, io.BytesIO(bytes(capture.found["backup_manifest"])), self.codec)
+        stop_time = self.clock()
+        end_tli, end_lsn = pgman.end_timeline, pgman.end_lsn
+        segments = needed_segments(label.start_segment, end_tli, end_lsn)
+        self._wait_for_wal(segments)
+        manifest = BaseBackupManifest(
+            id=bid,
+            started_at=started,
+            finished_at=self.clock(),
+            server_version=info.version,
+            server_version_num=info.version_num,
+            system_identifier=info.system_identifier,
+            tool_version=tool_version,
+            p88backup_version=__version__,
+            encoding=Encoding(
+                level=self.codec.level,
+                encryption="age" if self.codec.encrypted else None,
+                recipients=list(self.codec.recipient_keys),
+            ),
+            host=socket.gethostname(),
+            timeline=label.timeline,
+            start_lsn=walnames.format_lsn(label.start_lsn),
+            stop_lsn=walnames.format_lsn(end_lsn),
+            start_wal=label.start_segment,
+            stop_wal=segments[-1],
+            start_time=label.start_time,
+            stop_time=stop_time,
+            data_size=pgman.data_size,
+            files=[base],
+            backup_manifest=man_obj,
+        )
+        self.catalog.write(manifest)
+        log.info(
+            "base backup finished",
+            extra={
+                "p88": {
+                    "id": bid,
+                    "start_lsn": manifest.start_lsn,
+                    "stop_lsn": manifest.stop_lsn,
+                    "timeline": label.timeline,
+                    "data_bytes": pgman.data_size,
+                    "stored_bytes": base.size,
+                    "wal_segments": len(segments),
+                }
+            },
+        )
+        return manifest
+
+    def _wait_for_wal(self, segments: list[str]) -> None:
+        deadline = time.monotonic() + self.opt.wal_timeout
+        missing = list(segments)
+        logged = False
+        while True:
+            missing = [s for s in missing if self.archive.find(s) is None]
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                raise VerifyError(
+                    f"the WAL this backup needs ({missing[0]}"
+                    + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                    + f") did not reach the archive within {self.opt.wal_timeout:.0f}s; the backup is not usable",
+                    hint="check archive_command (p88backup wal-push %p) or that p88backup wal-stream is running",
+                )
+            if not logged:
+                log.info("waiting for WAL to be archived", extra={"p88": {"segments": missing}})
+                logged = True
+            self.sleep(1.0)
+
+    def _cleanup(self) -> None:
+        if not self.written:
+            return
+        try:
+            self.storage.delete_many(self.written)
+        except P88Error as exc:
+            log.warning(
+                "could not remove objects of the failed base backup; expire will", extra={"p88": {"error": str(exc)}}
+            )

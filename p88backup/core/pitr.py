@@ -1,0 +1,435 @@
+"""``restore --pitr``: lay out a base backup, configure recovery, optionally start
+the server and wait until the target is reached and the server promoted.
+
+Before touching the target directory it proves the plan can work: a base
+backup that precedes the target on the right timeline, and every WAL segment
+from it onwards in the archive. Afterwards it checks the laid-out files
+against the backup's own manifest (``pg_verifybackup``) before any recovery
+setting is written.
+
+The restored server gets ``archive_mode = off`` unless asked otherwise: a
+trial restore that promoted and archived its new timeline into the
+production archive would change what ``latest`` means for the next restore.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from p88backup.catalog import Catalog
+from p88backup.catalog.models import BaseBackupManifest
+from p88backup.core import walnames
+from p88backup.core.objects import check_stat, open_decoded
+from p88backup.core.pitrplan import Target, choose_base_backup, recovery_settings
+from p88backup.core.wal import WalArchive
+from p88backup.errors import ObjectNotFoundError, PgToolError, PitrTargetError, RefusedError, VerifyError
+from p88backup.pg.conn import ConnInfo, first_line
+from p88backup.pg.tools import client_for, server_for
+from p88backup.storage import Storage
+from p88backup.stream import Codec, copy_stream
+
+log = logging.getLogger(__name__)
+RESTORE_POINTS = "restorepoints/"
+
+
+@dataclass
+class PitrOptions:
+    target: Target
+    target_dir: Path
+    restore_command: str
+    start: bool = False
+    port: int | None = None
+    force: bool = False
+    timeline: int | None = None
+    base_backup: str | None = None
+    owner: str | None = None
+    archive_mode: bool = False
+    verify: bool = True
+    settings: dict[str, str] = field(default_factory=dict)
+    timeout: float = 3600.0
+    pg_bin_dir: Path | None = None
+    server_env: dict[str, str] | None = None
+
+
+@dataclass
+class PitrResult:
+    backup_id: str
+    target: str
+    target_dir: str
+    timeline_followed: int
+    wal_segments_available: int
+    layout_seconds: float
+    started: bool = False
+    port: int | None = None
+    promoted: bool = False
+    last_replayed_transaction: str | None = None
+    lsn: str | None = None
+    timeline: int | None = None
+    stop_reason: str | None = None
+    total_seconds: float = 0.0
+    log_file: str | None = None
+
+
+def restore_point_key(name: str) -> str:
+    from p88backup.catalog.layout import db_slug
+
+    return f"{RESTORE_POINTS}{db_slug(name)}.json"
+
+
+def quote_conf(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class PitrRestorer:
+    def __init__(
+        self,
+        storage: Storage,
+        codec: Codec,
+        options: PitrOptions,
+        *,
+        conninfo: ConnInfo | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.storage, self.codec, self.opt = storage, codec, options
+        self.conninfo, self.clock, self.sleep = conninfo, clock, sleep
+        self.catalog = Catalog(storage)
+        self.archive = WalArchive(storage, codec)
+
+    # -- planning -------------------------------------------------------------
+
+    def plan(self) -> tuple[BaseBackupManifest, int, int, dict[int, list[walnames.HistoryEntry]]]:
+        """(base backup, timeline to follow, WAL segments available, histories) or PitrTargetError."""
+        backups = self.catalog.basebackups()
+        wal = dict(self.archive.objects())
+        histories = self.archive.histories()
+        if self.opt.timeline:
+            tli = self.opt.timeline
+        else:  # what recovery_target_timeline = 'latest' will find: consecutive history files
+            tli = min((b.timeline for b in backups), default=1)
+            while tli + 1 in histories:
+                tli += 1
+        target = self.opt.target
+        rp_lsn = self._restore_point_lsn(target.name) if target.kind == "name" and target.name else None
+        if self.opt.base_backup:
+            chosen = self.catalog.resolve("basebackup", self.opt.base_backup)
+            assert isinstance(chosen, BaseBackupManifest)
+        else:
+            pick = choose_base_backup(backups, target, histories=histories, target_tli=tli, restore_point_lsn=rp_lsn)
+            chosen = next(b for b in backups if b.id == pick.id)
+        segments = [n for n in wal if len(n) == 24]
+        end = None
+        if target.kind == "lsn" and target.lsn is not None:
+            end_tli = walnames.timeline_of_lsn(histories[tli], tli, target.lsn) if tli in histories else tli
+            end = walnames.segment_for_lsn(end_tli, target.lsn)
+        relevant = {t: h for t, h in histories.items() if t <= tli}
+        try:
+            # Continuity up to the newest archived segment; the target itself is checked after.
+            gaps = walnames.find_gaps(segments, chosen.start_wal, None, relevant or None)
+            if not gaps and end is not None and end in wal:
+                gaps = walnames.find_gaps(segments, chosen.start_wal, end, relevant or None)
+        except walnames.WalNameError as exc:
+            raise PitrTargetError(f"cannot follow timeline {tli} from base backup {chosen.id}: {exc}") from None
+        if gaps:
+            first, last = gaps[0]
+            raise PitrTargetError(
+                f"WAL is missing from the archive: {first}"
+                + (f" to {last}" if last != first else "")
+                + f" (needed after base backup {chosen.id}); recovery cannot pass this gap",
+                hint="run p88backup wal-verify; pick an earlier target, or a later base backup",
+            )
+        if end is not None and end not in wal:
+            raise PitrTargetError(
+                f"target {target.describe()} is beyond the newest archived WAL (segment {end} is not archived)",
+                hint="the newest restorable point is --pitr latest",
+            )
+        if target.kind == "time" and target.time is not None and segments:
+            newest = max((wal[s] for s in segments), key=lambda o: o.modified or datetime.min.replace(tzinfo=UTC))
+            if newest.modified is not None and target.time > newest.modified:
+                raise PitrTargetError(
+                    f"target {target.time.isoformat()} is after the newest archived WAL "
+                    f"(stored {newest.modified.isoformat()}); changes after that are not in the archive",
+                    hint="restore to --pitr latest for the newest restorable point",
+                )
+        return chosen, tli, len(segments), histories
+
+    def _restore_point_lsn(self, name: str) -> int | None:
+        try:
+            with self.storage.open(restore_point_key(name)) as fh:
+                return walnames.parse_lsn(json.loads(fh.read())["lsn"])
+        except ObjectNotFoundError:
+            log.warning(
+                "restore point not recorded by p88backup restore-point; using the newest base backup",
+                extra={"p88": {"name": name}},
+            )
+            return None
+
+    # -- doing ----------------------------------------------------------------
+
+    def run(self) -> PitrResult:
+        t0 = time.monotonic()
+        backup, tli, nseg, _ = self.plan()
+        log.info(
+            "restoring base backup",
+            extra={
+                "p88": {
+                    "id": backup.id,
+                    "target": self.opt.target.describe(),
+                    "timeline": tli,
+                    "dir": str(self.opt.target_dir),
+                }
+            },
+        )
+        owner = self._owner()
+        self._prepare_dir()
+        try:
+            self._extract(backup)
+            if self.opt.verify:
+                self._verify(backup)
+            self._configure(backup)
+            if owner is not None:
+                self._chown(owner)
+        except BaseException:
+            log.error(
+                "restore failed; the target directory holds a partial restore",
+                extra={"p88": {"dir": str(self.opt.target_dir)}},
+            )
+            raise
+        result = PitrResult(
+            backup.id, self.opt.target.describe(), str(self.opt.target_dir), tli, nseg, round(time.monotonic() - t0, 2)
+        )
+        if self.opt.start:
+            self._start_and_wait(backup, owner, result)
+        result.total_seconds = round(time.monotonic() - t0, 2)
+        return result
+
+    def _owner(self) -> str | None:
+        """PostgreSQL will not run as root: as root, restore for (and run as) a service user."""
+        if os.geteuid() != 0:
+            return None
+        if self.opt.owner:
+            name = self.opt.owner
+        else:
+            parent = self.opt.target_dir.parent
+            uid = parent.stat().st_uid if parent.exists() else 0
+            name = pwd.getpwuid(uid).pw_name if uid else "postgres"
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise RefusedError(
+                f"user {name!r} does not exist", hint="pass --owner USER (PostgreSQL refuses root)"
+            ) from None
+        return name
+
+    def _prepare_dir(self) -> None:
+        d = self.opt.target_dir
+        if d.exists() and any(d.iterdir()):
+            if not self.opt.force:
+                raise RefusedError(
+                    f"target directory {d} is not empty",
+                    hint="restore into an empty directory, or pass --force to replace its contents",
+                )
+            if (d / "postmaster.pid").exists():
+                raise RefusedError(f"{d} belongs to a running PostgreSQL (postmaster.pid); stop it first")
+            log.warning("emptying target directory (--force)", extra={"p88": {"dir": str(d)}})
+            for entry in d.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+
+    def _extract(self, backup: BaseBackupManifest) -> None:
+        encrypted = backup.encoding.encryption == "age"
+        for obj in backup.files:
+            check_stat(self.storage, obj)
+            decoded, raw = open_decoded(self.storage, obj, self.codec, encrypted=encrypted)
+            tar = subprocess.Popen(
+                ["tar", "-x", "-f", "-", "-C", str(self.opt.target_dir), "--no-same-owner"],
+                stdin=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            assert tar.stdin is not None
+            try:
+                copy_stream(decoded, tar.stdin)
+                tar.stdin.close()
+            except BaseException:
+                tar.kill()
+                raise
+            finally:
+                raw.close()
+            err = tar.stderr.read().decode(errors="replace") if tar.stderr else ""
+            if tar.wait() != 0:
+                raise PgToolError(f"tar could not extract {obj.key}: {err.strip()[-300:]}")
+
+    def _verify(self, backup: BaseBackupManifest) -> None:
+        tool = client_for("pg_verifybackup", backup.server_version_num // 10000, self.opt.pg_bin_dir)
+        r = subprocess.run(
+            [str(tool.path), "--no-parse-wal", "--quiet", str(self.opt.target_dir)], capture_output=True, text=True
+        )
+        if r.returncode != 0:
+            raise VerifyError(f"restored files do not match the backup's manifest: {r.stderr.strip()[-500:]}")
+        log.info("restored files match the backup manifest (pg_verifybackup)")
+
+    def _configure(self, backup: BaseBackupManifest) -> None:
+        d = self.opt.target_dir
+        for stale in ("postmaster.pid", "postmaster.opts", "standby.signal", "recovery.signal"):
+            (d / stale).unlink(missing_ok=True)
+        if not (d / "postgresql.conf").exists():  # Debian keeps it in /etc; the server needs one here
+            (d / "postgresql.conf").write_text("# written by p88backup restore --pitr (the backup had none)\n")
+        (d / "pg_wal").mkdir(exist_ok=True)
+        settings = {
+            "restore_command": self.opt.restore_command,
+            **recovery_settings(self.opt.target, self.opt.timeline),
+            "archive_mode": "on" if self.opt.archive_mode else "off",
+        }
+        if self.opt.port:
+            settings["port"] = str(self.opt.port)
+        if self.opt.start:
+            # Reachable for our checks whatever the source's network settings were.
+            settings.update(listen_addresses="localhost", unix_socket_directories="")
+        settings.update(self.opt.settings)
+        lines = [
+            f"\n# p88backup restore --pitr {self.opt.target.describe()} from base backup {backup.id}, "
+            f"{self.clock().isoformat()}\n"
+        ]
+        lines += [f"{k} = {quote_conf(v)}\n" for k, v in settings.items()]
+        with open(d / "postgresql.auto.conf", "a") as fh:
+            fh.writelines(lines)
+        (d / "recovery.signal").touch()
+
+    def _chown(self, owner: str) -> None:
+        pw = pwd.getpwnam(owner)
+        for root, dirs, files in os.walk(self.opt.target_dir):
+            for name in dirs + files:
+                os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+        os.chown(self.opt.target_dir, pw.pw_uid, pw.pw_gid)
+
+    # -- starting -------------------------------------------------------------
+
+    def _start_and_wait(self, backup: BaseBackupManifest, owner: str | None, result: PitrResult) -> None:
+        d = self.opt.target_dir
+        major = int((d / "PG_VERSION").read_text().strip())
+        pg_ctl = server_for("pg_ctl", major, self.opt.pg_bin_dir)
+        logfile = d / "log" / "p88backup-restore.log"
+        logfile.parent.mkdir(exist_ok=True)
+        logfile.touch()
+        if owner:
+            pw = pwd.getpwnam(owner)
+            os.chown(logfile.parent, pw.pw_uid, pw.pw_gid)
+            os.chown(logfile, pw.pw_uid, pw.pw_gid)
+        result.started, result.port, result.log_file = True, self.opt.port, str(logfile)
+        env = dict(self.opt.server_env if self.opt.server_env is not None else os.environ)
+        r = subprocess.run(
+            [str(pg_ctl.path), "-D", str(d), "-l", str(logfile), "-w", "-t", str(int(self.opt.timeout)), "start"],
+            capture_output=True,
+            text=True,
+            env=env,
+            user=owner,
+            group=owner,
+            extra_groups=[] if owner else None,
+            cwd="/",
+        )
+        if r.returncode != 0:
+            raise PitrTargetError(
+                f"the restored server did not start: {self._log_problem(logfile) or r.stderr.strip()}"
+            )
+        ci = (self.conninfo or ConnInfo({"user": "postgres"})).with_db("postgres")
+        ci = ConnInfo({**ci.params, "host": "localhost", "port": str(self.opt.port or 5432)}, ci.password)
+        deadline = time.monotonic() + self.opt.timeout
+        while True:
+            if not (d / "postmaster.pid").exists():
+                problem = self._log_problem(logfile) or "the server stopped"
+                hint = f"see {logfile}"
+                if "before configured recovery target was reached" in problem:
+                    hint = (
+                        "the archive holds no WAL past the target yet: wait until the WAL after it is "
+                        "archived (or run SELECT pg_switch_wal() on the primary), or restore to --pitr latest; " + hint
+                    )
+                raise PitrTargetError(f"recovery failed: {problem}", hint=hint)
+            try:
+                with ci.connect() as conn:
+                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                        row = conn.execute(
+                            "SELECT pg_last_xact_replay_timestamp(), pg_current_wal_lsn()::text,"
+                            " ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+                        ).fetchone()
+                        result.promoted = True
+                        result.last_replayed_transaction = row[0].isoformat() if row[0] else None
+                        result.lsn, result.timeline = row[1], row[2]
+                        result.stop_reason = self._log_line(logfile, "recovery stopping") or self._log_line(
+                            logfile, "last completed transaction"
+                        )
+                        return
+            except Exception as exc:  # not accepting connections yet
+                log.debug("waiting for the restored server", extra={"p88": {"error": first_line(exc)}})
+            if time.monotonic() > deadline:
+                raise PitrTargetError(f"recovery did not finish within {self.opt.timeout:.0f}s", hint=f"see {logfile}")
+            self.sleep(0.5)
+
+    @staticmethod
+    def _log_line(logfile: Path, needle: str) -> str | None:
+        try:
+            lines = logfile.read_text(errors="replace").splitlines()
+        except OSError:
+            return None
+        hits = [ln.split(":  ", 1)[-1] for ln in lines if needle in ln]
+        return hits[-1] if hits else None
+
+    @classmethod
+    def _log_problem(cls, logfile: Path) -> str | None:
+        return cls._log_line(logfile, "FATAL:") or cls._log_line(logfile, "PANIC:")
+
+
+def create_restore_point(
+    ci: ConnInfo, storage: Storage, name: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> dict[str, object]:
+    """pg_create_restore_point + a record of its LSN, so PITR can pick the right base backup."""
+    import io
+
+    from p88backup.errors import ConflictError, ObjectExistsError
+
+    key = restore_point_key(name)
+    try:
+        storage.stat(key)
+        raise ConflictError(f"restore point {name!r} already exists", hint="restore points need unique names")
+    except ObjectNotFoundError:
+        pass
+    with ci.connect() as conn:
+        lsn = conn.execute("SELECT pg_create_restore_point(%s)::text", (name,)).fetchone()[0]
+        segment = conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (lsn,)).fetchone()[0]
+        conn.execute("SELECT pg_switch_wal()")  # so the restore point reaches the archive now
+    record = {
+        "name": name,
+        "lsn": lsn,
+        "segment": segment,
+        "timeline": int(segment[:8], 16),
+        "created_at": clock().isoformat(),
+    }
+    try:
+        storage.put(key, io.BytesIO(json.dumps(record, indent=2).encode()), overwrite=False)
+    except ObjectExistsError:
+        raise ConflictError(f"restore point {name!r} already exists") from None
+    return record
+
+
+def newest_restore_points(storage: Storage) -> list[dict[str, object]]:
+    out = []
+    for obj in storage.list(RESTORE_POINTS):
+        try:
+            with storage.open(obj.key) as fh:
+                out.append(json.loads(fh.read()))
+        except (ObjectNotFoundError, ValueError):
+            continue
+    return sorted(out, key=lambda r: str(r.get("created_at")))
