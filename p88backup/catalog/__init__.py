@@ -8,6 +8,7 @@ listed as backups, removed by ``expire`` once older than the grace period.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -24,7 +25,11 @@ from p88backup.errors import NotFoundError, ObjectNotFoundError, VerifyError
 from p88backup.storage import Storage
 
 log = logging.getLogger(__name__)
-_ADAPTER: TypeAdapter[DumpManifest | BaseBackupManifest] = TypeAdapter(Manifest)
+
+
+@functools.cache
+def _adapter() -> TypeAdapter[DumpManifest | BaseBackupManifest]:
+    return TypeAdapter(Manifest)
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class Catalog:
                 hint="use a p88backup release that knows this version",
             )
         try:
-            return _ADAPTER.validate_python(doc)
+            return _adapter().validate_python(doc)
         except ValidationError as exc:
             raise VerifyError(f"manifest {key} is malformed: {exc.errors()[0]['msg']}") from None
 

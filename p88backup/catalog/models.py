@@ -16,7 +16,9 @@ SCHEMA_VERSION: Literal[1] = 1
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Validators are built on first use, not at import: `dump` imports this before
+    # pg_dump starts and every millisecond there is wall time (bench/dump_bench.py).
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class StoredObject(_Model):
@@ -118,3 +120,9 @@ class BaseBackupManifest(_ManifestBase):
 
 
 Manifest = Annotated[DumpManifest | BaseBackupManifest, Field(discriminator="kind")]
+
+
+def warm_up() -> None:
+    """Build the manifest validators now (e.g. in a thread while data streams)."""
+    for model in (StoredObject, Encoding, DatabaseDump, DumpManifest, BaseBackupManifest):
+        model.model_rebuild()

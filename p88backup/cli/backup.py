@@ -176,13 +176,13 @@ def basebackup_cmd(app: App, wal_timeout: float, as_json: bool, wait: float) -> 
     options = BaseBackupOptions(wal_timeout=wal_timeout, pg_bin_dir=s.pg_bin_dir)
     with job_lock(s.lock_dir, "basebackup", wait=wait), byte_progress("pg_basebackup") as progress:
         manifest = BaseBackupRunner(app.conninfo, app.storage, app.codec, options, progress=progress).run()
-    summary = backup_row(manifest)
-    summary["seconds"] = round(time.monotonic() - t0, 2)
+    seconds = round(time.monotonic() - t0, 2)
+    summary = backup_row(manifest) | {"seconds": seconds}
     if as_json:
         render.emit_json(summary)
     else:
         click.echo(
             f"base backup {manifest.id}: timeline {manifest.timeline}, {manifest.start_lsn} .. "
             f"{manifest.stop_lsn} ({render.human_bytes(manifest.data_size)} -> "
-            f"{render.human_bytes(manifest.stored_bytes)}, {render.human_duration(summary['seconds'])})"
-        )  # type: ignore[arg-type]
+            f"{render.human_bytes(manifest.stored_bytes)}, {render.human_duration(seconds)})"
+        )

@@ -11,11 +11,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
-
 
 def _default(o: Any) -> Any:
-    if isinstance(o, BaseModel):
+    if hasattr(o, "model_dump"):  # a pydantic model
         return o.model_dump(mode="json")
     if isinstance(o, datetime):
         return o.isoformat()

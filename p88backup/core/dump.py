@@ -35,7 +35,7 @@ from p88backup.pg.conn import ConnInfo, first_line
 from p88backup.pg.proc import ToolOutput, ToolProcess
 from p88backup.pg.tools import Tool, client_for, major_of
 from p88backup.storage import Readable, Storage
-from p88backup.stream import Codec, HashingReader, encode
+from p88backup.stream import Codec, CountingReader, HashingReader, encode
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class ServerInfo:
 
 def store(storage: Storage, key: str, src: Readable, codec: Codec) -> StoredObject:
     """Encode ``src`` into ``key``; return what the manifest records about it."""
-    raw = HashingReader(src)
+    raw = CountingReader(src)
     stored = HashingReader(encode(raw, codec))
     storage.put(key, stored, overwrite=False)
     return StoredObject(key=key, size=stored.size, sha256=stored.hexdigest(), raw_size=raw.size)
@@ -148,6 +148,7 @@ class Dumper:
         self.progress, self.clock = progress, clock
         self.catalog = Catalog(storage)
         self.written: list[str] = []
+        self._warm: threading.Thread | None = None
 
     def run(self) -> DumpManifest:
         started = self.clock()
@@ -176,6 +177,8 @@ class Dumper:
                 dbs.append(db)
                 snapshot_time = snapshot_time or snap_time
             glob = self._dump_globals(info, bid) if self.opt.globals else None
+            if self._warm is not None:
+                self._warm.join()
             manifest = DumpManifest(
                 id=bid,
                 started_at=started,
@@ -218,6 +221,12 @@ class Dumper:
             log.warning("could not remove objects of the failed dump; expire will", extra={"p88": {"error": str(exc)}})
 
     def _store(self, key: str, src: Readable) -> StoredObject:
+        if self._warm is None:
+            # Build the manifest validators while the data streams (C code, GIL mostly free).
+            from p88backup.catalog.models import warm_up
+
+            self._warm = threading.Thread(target=warm_up, name="warm-up", daemon=True)
+            self._warm.start()
         self.written.append(key)
         return store(self.storage, key, src, self.codec)
 
@@ -225,20 +234,24 @@ class Dumper:
         ci = self.ci.with_db(name)
         t0 = time.monotonic()
         with exported_snapshot(ci) as (conn, snap, snap_time):
-            size, owner, encoding, collate, ctype = conn.execute(
-                "SELECT pg_database_size(d.oid), pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding),"
-                " d.datcollate, d.datctype FROM pg_database d WHERE d.datname = current_database()"
-            ).fetchone()
             counts: dict[str, int] = {}
+            facts: list[Any] = []
             errors: list[BaseException] = []
 
             def counter() -> None:
                 try:
+                    facts.extend(conn.execute(
+                        "SELECT pg_database_size(d.oid), pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding),"
+                        " d.datcollate, d.datctype FROM pg_database d WHERE d.datname = current_database()"
+                    ).fetchone())
+                    # One backend, no parallel workers: counting shares the CPUs with the dump.
+                    conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
                     counts.update(count_rows(conn, self.opt.row_counts))
                 except BaseException as exc:  # reported after the dump
                     errors.append(exc)
 
-            # Counting runs beside pg_dump, in the same snapshot.
+            # Facts and counts come from the same snapshot as the dump, beside it; pg_dump
+            # starts at once rather than after these queries.
             th = threading.Thread(target=counter, name="row-counts", daemon=True)
             th.start()
             try:
@@ -250,6 +263,7 @@ class Dumper:
                 th.join()
             if errors:
                 raise DatabaseError(f"counting rows in {name} failed: {first_line(errors[0])}")
+        size, owner, encoding, collate, ctype = facts
         raw = sum(o.raw_size or 0 for o in objects)
         stored = sum(o.size for o in objects)
         log.info(

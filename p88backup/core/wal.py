@@ -27,7 +27,7 @@ from pathlib import Path
 from p88backup.core import walnames
 from p88backup.errors import ConflictError, ObjectExistsError, ObjectNotFoundError, VerifyError
 from p88backup.storage.base import ObjectInfo, Storage
-from p88backup.stream import Codec, HashingReader, decode, encode, iter_chunks
+from p88backup.stream import Codec, CountingReader, HashingReader, decode, encode, iter_chunks
 
 PREFIX = "wal/"
 SUFFIXES = (".zst", ".zst.age")
@@ -131,7 +131,7 @@ class WalArchive:
             existing = None if kind == "partial" else self.find(name)
             if existing is None:
                 key = wal_key(name, self.codec.suffix)
-                raw = HashingReader(fh)
+                raw = CountingReader(fh)
                 stored = HashingReader(encode(raw, self.codec))
                 try:
                     self.storage.put(key, stored, overwrite=kind == "partial")

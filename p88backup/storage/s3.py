@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
@@ -67,6 +68,13 @@ def translate(exc: Exception, what: str) -> StorageError:
     """Map a botocore exception to our error tree (the only place that knows both)."""
     if isinstance(exc, StorageError):
         return exc
+    err = _translate(exc, what)
+    if isinstance(exc, bce.ClientError):
+        err.s3_code = str(exc.response.get("Error", {}).get("Code", ""))  # type: ignore[attr-defined]
+    return err
+
+
+def _translate(exc: Exception, what: str) -> StorageError:
     if isinstance(exc, bce.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
@@ -195,7 +203,8 @@ class S3Storage:
                 while body:
                     size += len(body)
                     in_flight.append(pool.submit(self._upload_part, key, full, upload_id, number, body))
-                    if len(in_flight) >= self.max_in_flight:
+                    # Bytes in flight stay flat when parts grow: fewer parts at a time.
+                    while len(in_flight) >= max(1, self.max_in_flight * self.part_size // part_size):
                         parts.append(in_flight.pop(0).result())
                     number += 1
                     if number % 1000 == 0:
@@ -219,13 +228,23 @@ class S3Storage:
         return ObjectInfo(key, size)
 
     def _upload_part(self, key: str, full: str, upload_id: str, number: int, body: bytes) -> dict[str, Any]:
-        resp = self._call(
-            f"upload part {number} of {key}",
-            lambda: self._client.upload_part(
-                Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
-            ),
-        )
-        return {"ETag": resp["ETag"], "PartNumber": number}
+        for attempt in range(1, 6):
+            try:
+                resp = self._call(
+                    f"upload part {number} of {key}",
+                    lambda: self._client.upload_part(
+                        Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
+                    ),
+                )
+                return {"ETag": resp["ETag"], "PartNumber": number}
+            except StorageError as exc:
+                # MinIO can answer NoSuchUpload for an upload it created milliseconds ago
+                # (seen by bench/dump_bench.py): for our own fresh upload that is transient.
+                if getattr(exc, "s3_code", None) != "NoSuchUpload" or attempt == 5:
+                    raise
+                log.warning("upload not visible yet, retrying", extra={"p88": {"key": key, "part": number}})
+                time.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def _abort(self, full: str, upload_id: str) -> None:
         try:
