@@ -484,6 +484,9 @@ def measure(ctx: Context, cases: list[Case], repeat: int) -> list[CaseResult]:
     for rnd in range(repeat + 1):
         tag = "warm-up" if rnd == 0 else f"run {rnd}/{repeat}"
         for res in results:
+            # Start every run with no dirty pages left by the previous one: otherwise a case
+            # pays for the previous case's deferred writeback (the raw pipeline never fsyncs).
+            os.sync()
             m = run_recording_failures(ctx, res, f"{res.case.key}-{rnd}")
             say(f"  {tag:<9} {res.case.label:<32} {m.seconds:7.2f} s  load {loadavg()}")
             if rnd > 0:

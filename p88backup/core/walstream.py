@@ -11,12 +11,14 @@ changing the database image's ``archive_command``.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from p88backup.core import walnames
@@ -111,10 +113,11 @@ class WalStreamer:
                 if ran_for > 30:
                     backoff = 1.0
             except P88Error as exc:
-                self.status.errors.append(str(exc))
+                self.status.errors = [*self.status.errors, str(exc)][-10:]
                 log.error("wal-stream problem, will retry", extra={"p88": {"error": str(exc), "in_seconds": backoff}})
             if self.stop.is_set():
                 break
+            self.write_status(False)
             self.status.restarts += 1
             self.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
@@ -122,15 +125,26 @@ class WalStreamer:
         log.info("wal-stream stopped", extra={"p88": {"shipped": self.status.shipped}})
         return self.status
 
+    def write_status(self, connected: bool) -> None:
+        """``<spool>/status.json``, rewritten every few seconds: a heartbeat for healthchecks."""
+        doc = {"updated_at": time.time(), "connected": connected, "pid": os.getpid(), **asdict(self.status)}
+        tmp = self.spool / ".status.json.tmp"
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.spool / "status.json")
+
     def _stream_once(self, tool: str) -> float:
         started = time.monotonic()
-        last_lag = 0.0
+        last_lag = last_status = 0.0
         with ToolProcess(self._argv(tool), env=self.ci.env(), stdout=subprocess.DEVNULL, what="pg_receivewal") as proc:
             while proc.proc.poll() is None and not self.stop.is_set():
                 self.ship()
-                if time.monotonic() - last_lag >= self.lag_every:
+                now = time.monotonic()
+                if now - last_lag >= self.lag_every:
                     self.report_lag()
-                    last_lag = time.monotonic()
+                    last_lag = now
+                if now - last_status >= 5:
+                    self.write_status(True)
+                    last_status = now
                 self.sleep(self.poll)
             if proc.proc.poll() is None:
                 proc.proc.terminate()  # pg_receivewal flushes and exits cleanly on SIGTERM
