@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "wal-verify": "p88backup.cli.wal:wal_verify_cmd",
     "basebackup": "p88backup.cli.backup:basebackup_cmd",
     "restore-point": "p88backup.cli.wal:restore_point_cmd",
+    "reindex": "p88backup.cli.reindex:reindex_cmd",
     "config": "p88backup.cli.config_cmd:config_cmd",
 }
 

@@ -240,10 +240,12 @@ class Dumper:
 
             def counter() -> None:
                 try:
-                    facts.extend(conn.execute(
-                        "SELECT pg_database_size(d.oid), pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding),"
-                        " d.datcollate, d.datctype FROM pg_database d WHERE d.datname = current_database()"
-                    ).fetchone())
+                    facts.extend(
+                        conn.execute(
+                            "SELECT pg_database_size(d.oid), pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding),"
+                            " d.datcollate, d.datctype FROM pg_database d WHERE d.datname = current_database()"
+                        ).fetchone()
+                    )
                     # One backend, no parallel workers: counting shares the CPUs with the dump.
                     conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
                     counts.update(count_rows(conn, self.opt.row_counts))
