@@ -242,8 +242,9 @@ class Dumper:
                 try:
                     facts.extend(
                         conn.execute(
-                            "SELECT pg_database_size(d.oid), pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding),"
-                            " d.datcollate, d.datctype FROM pg_database d WHERE d.datname = current_database()"
+                            "SELECT pg_database_size(d.oid), pg_get_userbyid(d.datdba),"
+                            " pg_encoding_to_char(d.encoding), d.datcollate, d.datctype"
+                            " FROM pg_database d WHERE d.datname = current_database()"
                         ).fetchone()
                     )
                     # One backend, no parallel workers: counting shares the CPUs with the dump.

@@ -228,13 +228,7 @@ class Reindexer:
         delay = 0.2
         deadline = time.monotonic() + self.search.retry_deadline
         while True:
-            body = b"".join(pending)
-            resp = self.search.call(
-                "bulk",
-                lambda: self.search.client.bulk(
-                    body=body, params={"filter_path": "errors,items.*.status,items.*.error,items.*._id"}
-                ),
-            )
+            resp = self._bulk(b"".join(pending))
             if not resp.get("errors"):
                 return len(items)
             rejected, failed = [], []
@@ -266,6 +260,10 @@ class Reindexer:
             self.sleep(delay)
             delay = min(delay * 2, 10.0)
             pending = rejected
+
+    def _bulk(self, body: bytes) -> Any:
+        params = {"filter_path": "errors,items.*.status,items.*.error,items.*._id"}
+        return self.search.call("bulk", lambda: self.search.client.bulk(body=body, params=params))
 
     def _load(self, rows: Iterator[tuple[str, str]], target: str) -> int:
         """Stream rows into ``target``, a few bulk requests in flight; returns actions sent."""
