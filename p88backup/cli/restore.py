@@ -58,6 +58,11 @@ def parse_set(values: tuple[str, ...]) -> dict[str, str]:
     help="(--pitr) empty directory for the restored data directory.",
 )
 @click.option("--start", is_flag=True, help="(--pitr) start the server, wait for the target and promotion.")
+@click.option(
+    "--stop",
+    is_flag=True,
+    help="(--pitr --start) then shut it down cleanly, ready for the real server to take the directory.",
+)
 @click.option("--port", type=click.IntRange(1, 65535), help="(--pitr) port for the restored server.")
 @click.option("--force", is_flag=True, help="(--pitr) replace the contents of a non-empty --target-dir.")
 @click.option("--timeline", type=click.IntRange(1), help="(--pitr) follow this timeline (default: latest).")
@@ -99,6 +104,7 @@ def restore_cmd(
     pitr_target: str | None,
     target_dir: Path | None,
     start: bool,
+    stop: bool,
     port: int | None,
     force: bool,
     timeline: int | None,
@@ -145,11 +151,14 @@ def restore_cmd(
             raise click.UsageError("--dump and --pitr are two different restores: pick one")
         if not target_dir:
             raise click.UsageError("--pitr needs --target-dir DIR")
+        if stop and not start:
+            raise click.UsageError("--stop goes with --start")
         _restore_pitr(
             app,
             pitr_target,
             target_dir,
             start,
+            stop,
             port,
             force,
             timeline,
@@ -209,6 +218,7 @@ def _restore_pitr(
     target_text: str,
     target_dir: Path,
     start: bool,
+    stop: bool,
     port: int | None,
     force: bool,
     timeline: int | None,
@@ -227,7 +237,8 @@ def _restore_pitr(
     from p88backup.errors import ConfigError
 
     target = parse_target(target_text)
-    if start and port is None:
+    port_chosen = start and port is None
+    if port_chosen:
         import socket
 
         with socket.socket() as sock:  # a free port, so a trial restore never collides with production
@@ -242,7 +253,9 @@ def _restore_pitr(
         target_dir=target_dir.resolve(),
         restore_command=restore_command(app),
         start=start,
+        stop=stop,
         port=port,
+        port_chosen=port_chosen,
         force=force,
         timeline=timeline,
         base_backup=base_backup,
@@ -271,6 +284,8 @@ def _restore_pitr(
         )
         if result.stop_reason:
             click.echo(f"recovery: {result.stop_reason}")
+        if result.stopped:
+            click.echo("stopped cleanly: the data directory is ready for the real server")
     else:
         click.echo(
             f"start it with: pg_ctl -D {result.target_dir} start   (recovery settings are in "

@@ -48,6 +48,8 @@ class PitrOptions:
     target_dir: Path
     restore_command: str
     start: bool = False
+    stop: bool = False
+    port_chosen: bool = False  # the port was picked for a trial start, not asked for
     port: int | None = None
     force: bool = False
     timeline: int | None = None
@@ -76,6 +78,7 @@ class PitrResult:
     lsn: str | None = None
     timeline: int | None = None
     stop_reason: str | None = None
+    stopped: bool = False
     total_seconds: float = 0.0
     log_file: str | None = None
 
@@ -105,6 +108,7 @@ class PitrRestorer:
         self.conninfo, self.clock, self.sleep = conninfo, clock, sleep
         self.catalog = Catalog(storage)
         self.archive = WalArchive(storage, codec)
+        self._start_only: list[str] = []
 
     # -- planning -------------------------------------------------------------
 
@@ -299,6 +303,9 @@ class PitrRestorer:
         if self.opt.start:
             # Reachable for our checks whatever the source's network settings were.
             settings.update(listen_addresses="localhost", unix_socket_directories="")
+            self._start_only = ["listen_addresses", "unix_socket_directories"] + (
+                ["port"] if self.opt.port_chosen else []
+            )
         settings.update(self.opt.settings)
         lines = [
             f"\n# p88backup restore --pitr {self.opt.target.describe()} from base backup {backup.id}, "
@@ -371,12 +378,40 @@ class PitrRestorer:
                         result.stop_reason = self._log_line(logfile, "recovery stopping") or self._log_line(
                             logfile, "last completed transaction"
                         )
+                        if self.opt.stop:
+                            self._stop_cleanly(pg_ctl.path, owner, env)
+                            result.stopped = True
                         return
             except Exception as exc:  # not accepting connections yet
                 log.debug("waiting for the restored server", extra={"p88": {"error": first_line(exc)}})
             if time.monotonic() > deadline:
                 raise PitrTargetError(f"recovery did not finish within {self.opt.timeout:.0f}s", hint=f"see {logfile}")
             self.sleep(0.5)
+
+    def _stop_cleanly(self, pg_ctl: Path, owner: str | None, env: dict[str, str]) -> None:
+        """Shut the promoted server down (checkpoint) and drop the trial-start settings,
+        so the data directory is ready for the real server (e.g. the db container)."""
+        d = self.opt.target_dir
+        r = subprocess.run(
+            [str(pg_ctl), "-D", str(d), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            text=True,
+            env=env,
+            user=owner,
+            group=owner,
+            extra_groups=[] if owner else None,
+            cwd="/",
+        )
+        if r.returncode != 0:
+            raise PitrTargetError(f"the restored server did not stop cleanly: {r.stderr.strip()}")
+        conf = d / "postgresql.auto.conf"
+        keep = [
+            ln
+            for ln in conf.read_text().splitlines(keepends=True)
+            if ln.split("=", 1)[0].strip() not in self._start_only
+        ]
+        conf.write_text("".join(keep))
+        log.info("restored server stopped; trial settings removed", extra={"p88": {"removed": self._start_only}})
 
     @staticmethod
     def _log_line(logfile: Path, needle: str) -> str | None:

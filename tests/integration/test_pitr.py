@@ -21,7 +21,7 @@ import pytest
 
 from p88backup.errors import ExitCode
 from tests.harness.postgres import PgCluster
-from tests.harness.procs import chown_for_service, service_user
+from tests.harness.procs import chown_for_service, free_port, service_user
 from tests.helpers import REPO, amcheck, cli_env, json_out, ok, run_cli
 
 P88 = str(Path(sys.executable).parent / "p88backup")
@@ -282,9 +282,18 @@ def test_pitr_to_lsn_xid_name_latest_and_immediate(story: tuple[Archived, Story]
     assert psql_at(arch.pg, port, "SELECT count(*) FROM doomed").startswith("ERROR")
     stop_restored(arch, "r-latest")
 
-    port = int(restore(arch, "immediate", "r-immediate")["port"])  # type: ignore[arg-type]
-    assert psql_at(arch.pg, port, "SELECT count(*) FROM important") == "0"  # only up to the backup's end
-    stop_restored(arch, "r-immediate")
+    stopped = restore(arch, "immediate", "r-immediate", "--stop")  # start, promote, shut down cleanly
+    target = arch.tmp / "r-immediate"
+    assert stopped["stopped"] and not (target / "postmaster.pid").exists()
+    conf = (target / "postgresql.auto.conf").read_text()
+    assert "listen_addresses" not in conf.split("p88backup restore")[-1]  # trial-only settings are gone
+    again = PgCluster(target, free_port(), arch.pg.bindir, target / "log" / "again.log", arch.pg.socket_dir)
+    with open(target / "postgresql.auto.conf", "a") as fh:  # the source is still running on its port
+        fh.write(f"port = {again.port}\n")
+    again.start()  # as any server would, e.g. the db container taking over the directory
+    assert again.scalar("SELECT pg_is_in_recovery()") is False
+    assert again.scalar("SELECT count(*) FROM important", "app") == 0  # only up to the backup's end
+    again.stop()
 
     ok(arch.cli("restore-point", "before-c"))
     arch.pg.sql("INSERT INTO important VALUES (1000, 'C')", "app")
