@@ -9,11 +9,15 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from p88backup.cli import render
 from p88backup.cli.app import App, pass_app
+
+if TYPE_CHECKING:
+    from p88backup.core.pitr import PitrOptions
 
 log = logging.getLogger("p88backup")
 
@@ -153,23 +157,30 @@ def restore_cmd(
             raise click.UsageError("--pitr needs --target-dir DIR")
         if stop and not start:
             raise click.UsageError("--stop goes with --start")
-        _restore_pitr(
-            app,
-            pitr_target,
-            target_dir,
-            start,
-            stop,
-            port,
-            force,
-            timeline,
-            base_backup,
-            owner,
-            archive_mode == "on",
-            parse_set(set_),
-            not no_verify,
-            timeout,
-            as_json,
+        from p88backup.core.pitr import PitrOptions
+        from p88backup.core.pitrplan import parse_target
+
+        port_chosen = start and port is None
+        pitr_options = PitrOptions(
+            target=parse_target(pitr_target),
+            target_dir=target_dir.resolve(),
+            restore_command=restore_command(app),
+            start=start,
+            stop=stop,
+            port=free_port() if port_chosen else port,
+            port_chosen=port_chosen,
+            force=force,
+            timeline=timeline,
+            base_backup=base_backup,
+            owner=owner,
+            archive_mode=archive_mode == "on",
+            verify=not no_verify,
+            settings=parse_set(set_),
+            timeout=timeout,
+            pg_bin_dir=app.settings.pg_bin_dir,
+            server_env=dict(os.environ),
         )
+        _restore_pitr(app, pitr_options, as_json)
         return
     from p88backup.catalog import Catalog
     from p88backup.catalog.models import DumpManifest
@@ -182,7 +193,7 @@ def restore_cmd(
     s = app.settings
     manifest = Catalog(app.storage).resolve("dump", dump_ref)
     assert isinstance(manifest, DumpManifest)
-    options = RestoreOptions(
+    dump_options = RestoreOptions(
         target_db=target_db,
         source_db=source_db,
         jobs=jobs,
@@ -192,7 +203,7 @@ def restore_cmd(
         work_dir=s.work_dir,
         pg_bin_dir=s.pg_bin_dir,
     )
-    result = DumpRestorer(app.conninfo, app.storage, app.codec, options).run(manifest)
+    result = DumpRestorer(app.conninfo, app.storage, app.codec, dump_options).run(manifest)
     data = {
         "kind": "dump",
         "id": result.backup_id,
@@ -213,60 +224,25 @@ def restore_cmd(
         )
 
 
-def _restore_pitr(
-    app: App,
-    target_text: str,
-    target_dir: Path,
-    start: bool,
-    stop: bool,
-    port: int | None,
-    force: bool,
-    timeline: int | None,
-    base_backup: str | None,
-    owner: str | None,
-    archive_mode: bool,
-    settings: dict[str, str],
-    verify: bool,
-    timeout: float,
-    as_json: bool,
-) -> None:
+def free_port() -> int:
+    """A free local port, so a trial restore never collides with production."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _restore_pitr(app: App, options: PitrOptions, as_json: bool) -> None:
     from dataclasses import asdict
 
-    from p88backup.core.pitr import PitrOptions, PitrRestorer
-    from p88backup.core.pitrplan import parse_target
+    from p88backup.core.pitr import PitrRestorer
     from p88backup.errors import ConfigError
 
-    target = parse_target(target_text)
-    port_chosen = start and port is None
-    if port_chosen:
-        import socket
-
-        with socket.socket() as sock:  # a free port, so a trial restore never collides with production
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
     try:
         conninfo = app.conninfo
     except ConfigError:
         conninfo = None  # no database configured: connect to the restored server as postgres
-    options = PitrOptions(
-        target=target,
-        target_dir=target_dir.resolve(),
-        restore_command=restore_command(app),
-        start=start,
-        stop=stop,
-        port=port,
-        port_chosen=port_chosen,
-        force=force,
-        timeline=timeline,
-        base_backup=base_backup,
-        owner=owner,
-        archive_mode=archive_mode,
-        verify=verify,
-        settings=settings,
-        timeout=timeout,
-        pg_bin_dir=app.settings.pg_bin_dir,
-        server_env=dict(os.environ),
-    )
     result = PitrRestorer(app.storage, app.codec, options, conninfo=conninfo).run()
     data = asdict(result)
     log.info("pitr restore finished", extra={"p88": data})
@@ -291,7 +267,7 @@ def _restore_pitr(
             f"start it with: pg_ctl -D {result.target_dir} start   (recovery settings are in "
             "postgresql.auto.conf; it promotes when the target is reached)"
         )
-    if not archive_mode:
+    if not options.archive_mode:
         click.echo(
             "note: archive_mode is off on the restored server; when it becomes the new primary, set "
             "archive_mode = on and take a new base backup"

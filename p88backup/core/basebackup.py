@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import io
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from p88backup import __version__
 from p88backup.catalog import Catalog, layout
-from p88backup.catalog.models import BaseBackupManifest, Encoding
+from p88backup.catalog.models import BaseBackupManifest
 from p88backup.core import walnames
-from p88backup.core.dump import ServerInfo, server_info, store
+from p88backup.core.common import ServerInfo, manifest_fields, server_info, store
 from p88backup.core.pgmanifest import parse_backup_label, parse_backup_manifest
 from p88backup.core.tarwalk import CaptureMembers, TarWalker
 from p88backup.core.wal import WalArchive
@@ -127,20 +125,7 @@ class BaseBackupRunner:
         segments = needed_segments(label.start_segment, end_tli, end_lsn)
         self._wait_for_wal(segments)
         manifest = BaseBackupManifest(
-            id=bid,
-            started_at=started,
-            finished_at=self.clock(),
-            server_version=info.version,
-            server_version_num=info.version_num,
-            system_identifier=info.system_identifier,
-            tool_version=tool_version,
-            p88backup_version=__version__,
-            encoding=Encoding(
-                level=self.codec.level,
-                encryption="age" if self.codec.encrypted else None,
-                recipients=list(self.codec.recipient_keys),
-            ),
-            host=socket.gethostname(),
+            **manifest_fields(bid, started, self.clock(), info, tool_version, self.codec),
             timeline=label.timeline,
             start_lsn=walnames.format_lsn(label.start_lsn),
             stop_lsn=walnames.format_lsn(end_lsn),

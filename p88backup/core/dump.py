@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,15 +26,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from p88backup import __version__
 from p88backup.catalog import Catalog, layout
-from p88backup.catalog.models import DatabaseDump, DumpManifest, Encoding, StoredObject
+from p88backup.catalog.models import DatabaseDump, DumpManifest, StoredObject
+from p88backup.core.common import ServerInfo, manifest_fields, server_info, store
 from p88backup.errors import DatabaseError, P88Error, PgToolError
 from p88backup.pg.conn import ConnInfo, first_line
 from p88backup.pg.proc import ToolOutput, ToolProcess
-from p88backup.pg.tools import Tool, client_for, major_of
+from p88backup.pg.tools import Tool, client_for
 from p88backup.storage import Readable, Storage
-from p88backup.stream import Codec, CountingReader, HashingReader, encode
+from p88backup.stream import Codec
 
 log = logging.getLogger(__name__)
 
@@ -53,39 +52,6 @@ class DumpOptions:
     row_counts: Literal["exact", "estimate", "off"] = "exact"
     work_dir: Path = Path("/tmp/p88backup")
     pg_bin_dir: Path | None = None
-
-
-@dataclass
-class ServerInfo:
-    version: str
-    version_num: int
-    system_identifier: str | None
-    superuser: bool
-
-    @property
-    def major(self) -> int:
-        return major_of(self.version_num)
-
-
-def store(storage: Storage, key: str, src: Readable, codec: Codec) -> StoredObject:
-    """Encode ``src`` into ``key``; return what the manifest records about it."""
-    raw = CountingReader(src)
-    stored = HashingReader(encode(raw, codec))
-    storage.put(key, stored, overwrite=False)
-    return StoredObject(key=key, size=stored.size, sha256=stored.hexdigest(), raw_size=raw.size)
-
-
-def server_info(conn: Any) -> ServerInfo:
-    row = conn.execute(
-        "SELECT current_setting('server_version'), current_setting('server_version_num')::int,"
-        " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
-    ).fetchone()
-    sysid: str | None = None
-    try:
-        sysid = str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
-    except Exception:  # needs privileges we may not have; it is only informational
-        pass
-    return ServerInfo(row[0].split()[0], row[1], sysid, bool(row[2]))
 
 
 _TABLES_SQL = """
@@ -180,20 +146,7 @@ class Dumper:
             if self._warm is not None:
                 self._warm.join()
             manifest = DumpManifest(
-                id=bid,
-                started_at=started,
-                finished_at=self.clock(),
-                server_version=info.version,
-                server_version_num=info.version_num,
-                system_identifier=info.system_identifier,
-                tool_version=pg_dump.version,
-                p88backup_version=__version__,
-                encoding=Encoding(
-                    level=self.codec.level,
-                    encryption="age" if self.codec.encrypted else None,
-                    recipients=list(self.codec.recipient_keys),
-                ),
-                host=socket.gethostname(),
+                **manifest_fields(bid, started, self.clock(), info, pg_dump.version, self.codec),
                 snapshot_time=snapshot_time or started,
                 databases=dbs,
                 globals=glob,

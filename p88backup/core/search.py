@@ -12,10 +12,9 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
-
 from p88backup.errors import SearchError
 from p88backup.redact import redact_url
+from p88backup.retry import call_with_retries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,31 +61,15 @@ class Search:
         )
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
-        def attempt() -> T:
-            try:
-                return fn()
-            except Exception as exc:
-                raise translate(exc, what) from exc
-
-        def before_sleep(state: RetryCallState) -> None:
-            err = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "transient OpenSearch error, retrying",
-                extra={"p88": {"op": what, "attempt": state.attempt_number, "error": str(err)}},
-            )
-
-        kwargs: dict[str, Any] = {}
-        if self._sleep is not None:
-            kwargs["sleep"] = self._sleep
-        retrying = Retrying(
-            retry=retry_if_exception_type(TransientSearchError),
-            stop=stop_after_delay(self.retry_deadline),
-            wait=wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.5),
-            before_sleep=before_sleep,
-            reraise=True,
-            **kwargs,
+        return call_with_retries(
+            what,
+            fn,
+            translate=translate,
+            transient=TransientSearchError,
+            deadline=self.retry_deadline,
+            log=log,
+            sleep=self._sleep,
         )
-        return retrying(attempt)
 
     # -- the calls reindex needs ------------------------------------------------
 

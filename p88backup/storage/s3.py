@@ -25,15 +25,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
-from tenacity import (
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
-from tenacity import (
-    Retrying as _Retrying,
-)
 
 from p88backup.errors import (
     ObjectExistsError,
@@ -41,6 +32,7 @@ from p88backup.errors import (
     StorageError,
     TransientStorageError,
 )
+from p88backup.retry import call_with_retries
 from p88backup.storage.base import ObjectInfo, Readable, read_full, validate_key, validate_prefix
 
 if TYPE_CHECKING:
@@ -141,28 +133,9 @@ class S3Storage:
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run ``fn`` with bounded retries on transient failures; translate errors."""
-
-        def attempt() -> T:
-            try:
-                return fn()
-            except Exception as exc:  # translated below, re-raised typed
-                raise translate(exc, what) from exc
-
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "transient storage error, retrying",
-                extra={"p88": {"op": what, "attempt": state.attempt_number, "error": str(exc)}},
-            )
-
-        retrying = _Retrying(
-            retry=retry_if_exception_type(TransientStorageError),
-            stop=stop_after_delay(self.retry_deadline),
-            wait=wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.5),
-            before_sleep=before_sleep,
-            reraise=True,
+        return call_with_retries(
+            what, fn, translate=translate, transient=TransientStorageError, deadline=self.retry_deadline, log=log
         )
-        return retrying(attempt)
 
     def _key(self, key: str) -> str:
         return self.prefix + validate_key(key)
