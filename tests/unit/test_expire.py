@@ -69,3 +69,88 @@ def test_orphans_go_after_grace_unless_a_run_is_in_progress(tmp_path: Path) -> N
     assert [o.id for o in plan.orphans] == [old]
     expirer.apply(plan)
     assert not (store / "dumps" / old).exists() and (store / "dumps" / new).exists()
+
+
+def basebackup(bid: str, when: datetime, start_wal: str):  # type: ignore[no-untyped-def]
+    from p88backup.catalog.models import BaseBackupManifest, Encoding, StoredObject
+
+    obj = StoredObject(key=f"basebackups/{bid}/base.tar.zst", size=1, sha256="0" * 64, raw_size=1)
+    return BaseBackupManifest(
+        id=bid,
+        started_at=when,
+        finished_at=when,
+        server_version="16.4",
+        server_version_num=160004,
+        tool_version="16.4",
+        p88backup_version="0.1.0",
+        encoding=Encoding(),
+        timeline=1,
+        start_lsn="0/0",
+        stop_lsn="0/0",
+        start_wal=start_wal,
+        stop_wal=start_wal,
+        start_time=when,
+        stop_time=when,
+        files=[obj],
+    )
+
+
+def test_base_backups_and_the_wal_only_they_need(tmp_path: Path) -> None:
+    from p88backup.core.expire import BaseBackupPolicy
+    from p88backup.core.wal import WalArchive, wal_key
+    from p88backup.stream import Codec
+
+    catalog = Catalog(open_storage(f"memory://{uuid.uuid4().hex}"))
+    s = catalog.storage
+    starts = {
+        "20261120T020000Z": "000000010000000000000002",
+        "20261124T020000Z": "000000010000000000000005",
+        "20261126T020000Z": "000000010000000000000008",
+    }
+    for bid, seg in starts.items():
+        m = basebackup(bid, datetime.strptime(bid, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC), seg)
+        s.put(m.files[0].key, io.BytesIO(b"x"))
+        catalog.write(m)
+    wal = [f"0000000100000000000000{n:02X}" for n in range(1, 11)] + [
+        "00000002.history",
+        "000000010000000000000003.00000028.backup",
+    ]
+    for name in wal:
+        s.put(wal_key(name, ".zst"), io.BytesIO(b"w"))
+    expirer = Expirer(
+        s,
+        GfsPolicy(7, 4, 6, 1),
+        orphan_grace=timedelta(hours=24),
+        lock_dir=tmp_path,
+        base_policy=BaseBackupPolicy(keep=2),
+        archive=WalArchive(s, Codec()),
+    )
+    plan = expirer.plan(NOW)
+    assert plan.basebackups.expire == ["20261120T020000Z"]
+    assert plan.wal_kept_from == "000000010000000000000005"
+    expired_names = sorted(k.rsplit("/", 1)[1].removesuffix(".zst") for k in plan.wal)
+    assert expired_names == [
+        "000000010000000000000001",
+        "000000010000000000000002",
+        "000000010000000000000003",
+        "000000010000000000000003.00000028.backup",
+        "000000010000000000000004",
+    ]
+    expirer.apply(plan)
+    assert catalog.ids("basebackup") == ["20261124T020000Z", "20261126T020000Z"]
+    left = sorted(o.key.rsplit("/", 1)[1] for o in s.list("wal/"))
+    assert "00000002.history.zst" in left and "000000010000000000000005.zst" in left
+    assert not any(n.startswith("000000010000000000000004") for n in left)
+
+
+def test_no_base_backup_means_no_wal_is_expired(tmp_path: Path) -> None:
+    from p88backup.core.wal import WalArchive, wal_key
+    from p88backup.stream import Codec
+
+    s = open_storage(f"memory://{uuid.uuid4().hex}")
+    s.put(wal_key("000000010000000000000001", ".zst"), io.BytesIO(b"w"))
+    expirer = Expirer(
+        s, GfsPolicy(1, 0, 0, 1), orphan_grace=timedelta(hours=24), lock_dir=tmp_path, archive=WalArchive(s, Codec())
+    )
+    plan = expirer.plan(NOW)
+    assert plan.wal == [] and plan.wal_kept_from is None
