@@ -83,13 +83,13 @@ def children(pid: int) -> list[int]:
     out: list[int] = []
     try:
         tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # the process ended mid-sample
         return out
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/children") as fh:
                 out.extend(int(x) for x in fh.read().split())
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # the process ended mid-sample
             continue
     return out
 
@@ -108,7 +108,7 @@ def cpu_seconds(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # the process ended mid-sample
         return None
     fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) "
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
@@ -118,7 +118,7 @@ def comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as fh:
             return fh.read().strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # the process ended mid-sample
         return "?"
 
 
@@ -129,7 +129,7 @@ def hwm_kb(pid: int) -> int | None:
             for line in fh:
                 if line.startswith(b"VmHWM:"):
                     return int(line.split()[1])
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # the process ended mid-sample
         return None
     return None
 
