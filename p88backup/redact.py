@@ -6,13 +6,14 @@ Standard library only, so the fast archive path can use it too.
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 
 
 def url_password(url: str) -> str | None:
     """The password embedded in a URL, if any (``None`` when unparsable)."""
+    from urllib.parse import urlsplit
+
     try:
         return urlsplit(url).password
     except ValueError:
@@ -24,6 +25,8 @@ def redact_url(url: str) -> str:
 
     Query parameters named ``password`` are masked too (libpq accepts them).
     """
+    from urllib.parse import urlsplit, urlunsplit  # here: the archive fast path never needs it
+
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -12,7 +12,6 @@ import functools
 import io
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -145,8 +144,3 @@ class Catalog:
         """Manifest first, so a half-deleted backup is never listed as good."""
         self.storage.delete(layout.manifest_key(manifest.kind, manifest.id))
         self.storage.delete_many(o.key for o in manifest.objects)
-
-    def iter_all(self) -> Iterator[DumpManifest | BaseBackupManifest]:
-        kinds: tuple[Kind, ...] = ("dump", "basebackup")
-        for kind in kinds:
-            yield from self.manifests(kind)

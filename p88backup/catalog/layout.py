@@ -9,7 +9,7 @@
     basebackups/<id>/manifest.json
     basebackups/<id>/base.tar.zst[.age]    pg_basebackup tar (+ <oid>.tar for tablespaces)
     wal/<timeline>/<segment>.zst[.age]     archived WAL, one object per file
-    drills/<id>.json                       restore drill reports
+    restorepoints/<name>.json              restore points (LSN, time) for --pitr name:
 
 Backup ids are UTC timestamps, ``20261127T021500Z``: they sort by time and a
 person can read them. Two backups in the same second get ``-01``, ``-02``.
@@ -89,5 +89,5 @@ def globals_key(bid: str, suffix: str) -> str:
     return f"dumps/{bid}/globals.sql{suffix}"
 
 
-def drill_key(did: str) -> str:
-    return f"drills/{did}.json"
+def restore_point_key(name: str) -> str:
+    return f"restorepoints/{db_slug(name)}.json"

@@ -239,10 +239,12 @@ def _restore_pitr(app: App, options: PitrOptions, as_json: bool) -> None:
     from p88backup.core.pitr import PitrRestorer
     from p88backup.errors import ConfigError
 
-    try:
-        conninfo = app.conninfo
-    except ConfigError:
-        conninfo = None  # no database configured: connect to the restored server as postgres
+    conninfo = None  # only --start connects (to the restored server), with the configured credentials
+    if options.start:
+        try:
+            conninfo = app.conninfo
+        except ConfigError:
+            pass  # no database configured: connect as postgres
     result = PitrRestorer(app.storage, app.codec, options, conninfo=conninfo).run()
     data = asdict(result)
     log.info("pitr restore finished", extra={"p88": data})

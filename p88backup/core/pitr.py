@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from p88backup.catalog import Catalog
+from p88backup.catalog import Catalog, layout
 from p88backup.catalog.models import BaseBackupManifest
 from p88backup.core import walnames
 from p88backup.core.objects import check_stat, open_decoded
@@ -36,10 +36,9 @@ from p88backup.errors import ObjectNotFoundError, PgToolError, PitrTargetError, 
 from p88backup.pg.conn import ConnInfo, first_line
 from p88backup.pg.tools import client_for, server_for
 from p88backup.storage import Storage
-from p88backup.stream import Codec, copy_stream
+from p88backup.stream import Codec, copy_stream, widen_pipe
 
 log = logging.getLogger(__name__)
-RESTORE_POINTS = "restorepoints/"
 
 
 @dataclass
@@ -83,12 +82,6 @@ class PitrResult:
     log_file: str | None = None
 
 
-def restore_point_key(name: str) -> str:
-    from p88backup.catalog.layout import db_slug
-
-    return f"{RESTORE_POINTS}{db_slug(name)}.json"
-
-
 def quote_conf(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -116,7 +109,7 @@ class PitrRestorer:
         """(base backup, timeline to follow, WAL segments available, histories) or PitrTargetError."""
         backups = self.catalog.basebackups()
         wal = dict(self.archive.objects())
-        histories = self.archive.histories()
+        histories = self.archive.histories(wal.items())
         if self.opt.timeline:
             tli = self.opt.timeline
         else:  # what recovery_target_timeline = 'latest' will find: consecutive history files
@@ -169,7 +162,7 @@ class PitrRestorer:
 
     def _restore_point_lsn(self, name: str) -> int | None:
         try:
-            with self.storage.open(restore_point_key(name)) as fh:
+            with self.storage.open(layout.restore_point_key(name)) as fh:
                 return walnames.parse_lsn(json.loads(fh.read())["lsn"])
         except ObjectNotFoundError:
             log.warning(
@@ -259,12 +252,15 @@ class PitrRestorer:
         for obj in backup.files:
             check_stat(self.storage, obj)
             decoded, raw = open_decoded(self.storage, obj, self.codec, encrypted=encrypted)
+            # 1 MiB records and pipe (tar's default is 10 KiB): ~40% less time to lay out
+            # the files (bench/pitr_bench.py). -B: reassemble short reads from the pipe.
             tar = subprocess.Popen(
-                ["tar", "-x", "-f", "-", "-C", str(self.opt.target_dir), "--no-same-owner"],
+                ["tar", "-x", "-b", "2048", "-B", "-f", "-", "-C", str(self.opt.target_dir), "--no-same-owner"],
                 stdin=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
             assert tar.stdin is not None
+            widen_pipe(tar.stdin.fileno())
             try:
                 copy_stream(decoded, tar.stdin)
                 tar.stdin.close()
@@ -435,7 +431,7 @@ def create_restore_point(
 
     from p88backup.errors import ConflictError, ObjectExistsError
 
-    key = restore_point_key(name)
+    key = layout.restore_point_key(name)
     try:
         storage.stat(key)
         raise ConflictError(f"restore point {name!r} already exists", hint="restore points need unique names")
@@ -457,14 +453,3 @@ def create_restore_point(
     except ObjectExistsError:
         raise ConflictError(f"restore point {name!r} already exists") from None
     return record
-
-
-def newest_restore_points(storage: Storage) -> list[dict[str, object]]:
-    out = []
-    for obj in storage.list(RESTORE_POINTS):
-        try:
-            with storage.open(obj.key) as fh:
-                out.append(json.loads(fh.read()))
-        except (ObjectNotFoundError, ValueError):
-            continue
-    return sorted(out, key=lambda r: str(r.get("created_at")))

@@ -17,17 +17,16 @@ zstandard (and pyrage when encrypted) only: this module is on the fast path.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from p88backup.core import walnames
 from p88backup.errors import ConflictError, ObjectExistsError, ObjectNotFoundError, VerifyError
 from p88backup.storage.base import ObjectInfo, Storage
-from p88backup.stream import Codec, CountingReader, HashingReader, decode, encode, iter_chunks
+from p88backup.stream import Codec, CountingReader, decode, encode, iter_chunks
 
 PREFIX = "wal/"
 SUFFIXES = (".zst", ".zst.age")
@@ -92,6 +91,8 @@ def name_of_key(key: str) -> str | None:
 
 
 def _sha256_file(path: Path) -> str:
+    import hashlib
+
     sha = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter_chunks(fh):
@@ -132,7 +133,7 @@ class WalArchive:
             if existing is None:
                 key = wal_key(name, self.codec.suffix)
                 raw = CountingReader(fh)
-                stored = HashingReader(encode(raw, self.codec))
+                stored = CountingReader(encode(raw, self.codec))
                 try:
                     self.storage.put(key, stored, overwrite=kind == "partial")
                     return PushResult(name, key, False, raw.size, stored.size)
@@ -151,6 +152,8 @@ class WalArchive:
         return PushResult(name, existing.key, True, size, existing.size)
 
     def _stored_sha256(self, obj: ObjectInfo) -> str:
+        import hashlib
+
         sha = hashlib.sha256()
         with self.storage.open(obj.key) as fh:
             for chunk in iter_chunks(decode(fh, self.codec, encrypted=obj.key.endswith(".age"))):
@@ -206,10 +209,15 @@ class WalArchive:
             if name is not None and walnames.is_wal_name(name):
                 yield name, obj
 
-    def histories(self) -> dict[int, list[walnames.HistoryEntry]]:
-        """Every archived timeline history, parsed: timeline -> its history."""
+    def histories(
+        self, objects: Iterable[tuple[str, ObjectInfo]] | None = None
+    ) -> dict[int, list[walnames.HistoryEntry]]:
+        """Every archived timeline history, parsed: timeline -> its history.
+
+        ``objects``: a listing already made by :meth:`objects`, to avoid listing twice.
+        """
         out: dict[int, list[walnames.HistoryEntry]] = {}
-        for name, obj in self.objects():
+        for name, obj in self.objects() if objects is None else objects:
             if name.endswith(".history"):
                 with self.storage.open(obj.key) as fh:
                     text = b"".join(iter_chunks(decode(fh, self.codec, encrypted=obj.key.endswith(".age"))))

@@ -63,9 +63,9 @@ def newest_timeline(histories: dict[int, list[walnames.HistoryEntry]], start: in
 
 
 def verify_wal(catalog: Catalog, archive: WalArchive) -> WalReport:
-    names = [name for name, _ in archive.objects()]
-    segments = sorted(n for n in names if len(n) == 24)
-    histories = archive.histories()
+    listing = list(archive.objects())
+    segments = sorted(name for name, _ in listing if len(name) == 24)
+    histories = archive.histories(listing)
     backups = catalog.basebackups()
     tli = newest_timeline(histories, min((b.timeline for b in backups), default=1))
     timelines = [
