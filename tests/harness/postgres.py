@@ -168,8 +168,9 @@ class PgCluster:
         self.start()
 
     def destroy(self) -> None:
+        """Stop and delete the data; the server log stays (pytest keeps the last runs' temp dirs)."""
         self.stop("immediate")
-        shutil.rmtree(self.datadir.parent, ignore_errors=True)
+        shutil.rmtree(self.datadir, ignore_errors=True)
 
     def is_ready(self) -> bool:
         r = subprocess.run(

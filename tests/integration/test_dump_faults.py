@@ -42,6 +42,17 @@ def bigdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
     cluster.destroy()
 
 
+@pytest.fixture(autouse=True)
+def bigdb_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that needs the shared cluster finds it up, or says what happened to it."""
+    if "bigdb" in request.fixturenames:
+        from tests.harness.procs import tail
+
+        cluster: PgCluster = request.getfixturevalue("bigdb")
+        assert cluster.is_ready(), f"the shared cluster is down; its log:\n{tail(cluster.logfile, 30)}"
+    yield
+
+
 def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "p88backup", "--log-format", "json", *args],

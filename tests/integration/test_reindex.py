@@ -244,11 +244,12 @@ def test_node_stopped_mid_load_fails_cleanly_and_rerun_succeeds(
     )
     client = OpenSearch(hosts=[node.url], timeout=30)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until the new index is being filled
-        building = [i for i in client.indices.get(index="documents-*") if i != good["index"]]
-        if building and client.count(index=building[0])["count"] > 0:
+    while time.monotonic() < deadline:  # until the new index exists (its count stays 0: refresh is off)
+        if [i for i in client.indices.get(index="documents-*") if i != good["index"]]:
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
+    time.sleep(1.0)  # well into the load (300k rows take several seconds)
+    assert proc.poll() is None, "the load finished before the node could be stopped"
     node.stop()
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == ExitCode.SEARCH, err
