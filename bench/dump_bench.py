@@ -71,7 +71,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.procstats import CommandFailed, PidSource, RunStats, children, run_measured  # noqa: E402
+from bench.procstats import (  # noqa: E402
+    CommandFailed,
+    PidSource,
+    RunStats,
+    children,
+    refresh_bytecode,
+    run_measured,
+)
 from tests.harness.postgres import PgCluster, pg_bin_dirs  # noqa: E402
 from tests.harness.procs import free_port  # noqa: E402
 from tests.harness.s3 import S3Server, start_minio, start_moto  # noqa: E402
@@ -146,12 +153,20 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--scale", type=int, default=30, help="pgbench scale factor (default 30, ~450 MB)")
     p.add_argument("--rows", type=int, default=2_000_000, help="rows of random text in 'notes' (default 2M)")
     p.add_argument("--repeat", type=int, default=3, help="measured runs per case, after one warm-up (default 3)")
-    p.add_argument("--reuse", type=Path, metavar="DIR",
-                   help="keep the cluster in DIR: reuse its database when scale/rows match, else build it there")
+    p.add_argument(
+        "--reuse",
+        type=Path,
+        metavar="DIR",
+        help="keep the cluster in DIR: reuse its database when scale/rows match, else build it there",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (cluster, logs, last outputs)")
     p.add_argument("--check", action="store_true", help="exit 1 when a DESIGN §6 target is missed")
-    p.add_argument("--s3", choices=["minio", "moto", "none"], default="minio",
-                   help="S3 server for the S3 cases (default minio; none skips them)")
+    p.add_argument(
+        "--s3",
+        choices=["minio", "moto", "none"],
+        default="minio",
+        help="S3 server for the S3 cases (default minio; none skips them)",
+    )
     p.add_argument("--workdir", type=Path, help="parent of the temporary work directory (default: $TMPDIR)")
     a = p.parse_args(argv)
     if a.repeat < 1 or a.scale < 1 or a.rows < 0:
@@ -176,13 +191,15 @@ def reopen_cluster(base: Path) -> PgCluster:
     port = free_port()
     with open(datadir / "postgresql.auto.conf", "a") as fh:  # later lines win
         fh.write(f"port = {port}\n")
-    return PgCluster(datadir=datadir, port=port, bindir=bindir, logfile=base / "postgres.log",
-                     socket_dir=base / "sock")
+    return PgCluster(datadir=datadir, port=port, bindir=bindir, logfile=base / "postgres.log", socket_dir=base / "sock")
 
 
 def open_cluster(base: Path) -> PgCluster:
-    cluster = reopen_cluster(base) if (base / "data" / "PG_VERSION").exists() else \
-        PgCluster.create(base, settings=LOAD_SETTINGS)
+    cluster = (
+        reopen_cluster(base)
+        if (base / "data" / "PG_VERSION").exists()
+        else PgCluster.create(base, settings=LOAD_SETTINGS)
+    )
     cluster.start()
     return cluster
 
@@ -204,8 +221,20 @@ def load_notes(cluster: PgCluster, rows: int, workers: int) -> None:
 
 
 def run_pgbench_init(cluster: PgCluster, scale: int, log: Path) -> subprocess.Popen[bytes]:
-    argv = [str(cluster.bindir / "pgbench"), "-i", "-q", "-s", str(scale), "-h", "127.0.0.1",
-            "-p", str(cluster.port), "-U", "postgres", DB_NAME]
+    argv = [
+        str(cluster.bindir / "pgbench"),
+        "-i",
+        "-q",
+        "-s",
+        str(scale),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(cluster.port),
+        "-U",
+        "postgres",
+        DB_NAME,
+    ]
     with log.open("wb") as fh:
         return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
 
@@ -244,7 +273,9 @@ def describe_database(cluster: PgCluster) -> str:
     rows = cluster.sql(
         "SELECT c.relname, pg_size_pretty(pg_table_size(c.oid)), pg_size_pretty(pg_indexes_size(c.oid))"
         " FROM pg_class c WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace"
-        " ORDER BY pg_total_relation_size(c.oid) DESC", DB_NAME)
+        " ORDER BY pg_total_relation_size(c.oid) DESC",
+        DB_NAME,
+    )
     total = cluster.scalar(f"SELECT pg_size_pretty(pg_database_size('{DB_NAME}'))")
     lines = [f"database {DB_NAME}: {total}"]
     lines += [f"  {name:<20} table {table:>8}  indexes {idx:>8}" for name, table, idx in rows]
@@ -335,7 +366,7 @@ class S3Destination:
     def discard(self, run: str) -> None:
         keys = [{"Key": k} for k, _ in self._keys(run)]
         for i in range(0, len(keys), 1000):
-            self.server.client().delete_objects(Bucket=self.bucket, Delete={"Objects": keys[i:i + 1000]})
+            self.server.client().delete_objects(Bucket=self.bucket, Delete={"Objects": keys[i : i + 1000]})
 
 
 # -- cases ----------------------------------------------------------------------
@@ -366,8 +397,10 @@ class Case:
 
     def command(self, ctx: Context, run: str) -> list[str]:
         if self.tool == "raw":
-            pipeline = (f"{shlex.quote(str(ctx.pg_dump))} -Fc -Z0 -d {shlex.quote(ctx.db_url)}"
-                        f" | zstd -q -3 -T0 {self.dest.raw_sink(run)}")
+            pipeline = (
+                f"{shlex.quote(str(ctx.pg_dump))} -Fc -Z0 -d {shlex.quote(ctx.db_url)}"
+                f" | zstd -q -3 -T0 {self.dest.raw_sink(run)}"
+            )
             return ["bash", "-o", "pipefail", "-c", pipeline]
         return [str(Path(sys.executable).parent / "p88backup"), "--log-format", "json", "dump", "--no-globals"]
 
@@ -375,13 +408,15 @@ class Case:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("P88_", "AWS_", "PG"))}
         env.update(self.dest.env())
         if self.tool == "p88":
-            env.update({
-                "P88_DATABASE_URL": ctx.db_url,
-                "P88_STORAGE_URL": self.dest.storage_url(run),
-                "P88_PG_BIN_DIR": str(ctx.cluster.bindir),
-                "P88_LOCK_DIR": str(ctx.p88_work / "locks"),  # not the shared /tmp lock of other runs
-                "P88_WORK_DIR": str(ctx.p88_work / "work"),
-            })
+            env.update(
+                {
+                    "P88_DATABASE_URL": ctx.db_url,
+                    "P88_STORAGE_URL": self.dest.storage_url(run),
+                    "P88_PG_BIN_DIR": str(ctx.cluster.bindir),
+                    "P88_LOCK_DIR": str(ctx.p88_work / "locks"),  # not the shared /tmp lock of other runs
+                    "P88_WORK_DIR": str(ctx.p88_work / "work"),
+                }
+            )
         env.update(self.extra_env)
         return env
 
@@ -390,8 +425,14 @@ def make_cases(local: Destination, s3: Destination | None) -> list[Case]:
     cases = [
         Case("raw-local", "raw local: pg_dump|zstd > file", "raw", local),
         Case("p88-local", "p88 local", "p88", local, baseline="raw-local", limit=LOCAL_LIMIT),
-        Case("p88-local-nocount", "p88 local, row_counts=off", "p88", local,
-             {"P88_DUMP__ROW_COUNTS": "off"}, baseline="raw-local"),
+        Case(
+            "p88-local-nocount",
+            "p88 local, row_counts=off",
+            "p88",
+            local,
+            {"P88_DUMP__ROW_COUNTS": "off"},
+            baseline="raw-local",
+        ),
     ]
     if s3 is not None:
         cases += [
@@ -455,8 +496,9 @@ class CaseResult:
 
 def run_once(ctx: Context, case: Case, run: str) -> Measurement:
     try:
-        stats = run_measured(case.command(ctx, run), env=case.env(ctx, run), log_path=ctx.logs / f"{run}.log",
-                             servers=ctx.servers)
+        stats = run_measured(
+            case.command(ctx, run), env=case.env(ctx, run), log_path=ctx.logs / f"{run}.log", servers=ctx.servers
+        )
         stored = case.dest.stored_bytes(run)
     finally:
         case.dest.discard(run)
@@ -480,6 +522,7 @@ def run_recording_failures(ctx: Context, res: CaseResult, run: str) -> Measureme
 
 
 def measure(ctx: Context, cases: list[Case], repeat: int) -> list[CaseResult]:
+    refresh_bytecode()
     results = [CaseResult(c) for c in cases]
     for rnd in range(repeat + 1):
         tag = "warm-up" if rnd == 0 else f"run {rnd}/{repeat}"
@@ -514,8 +557,10 @@ def fmt(value: float | None, width: int, decimals: int, suffix: str = "") -> str
 
 def results_table(results: list[CaseResult]) -> str:
     by_key = {r.case.key: r for r in results}
-    head = (f"{'case':<34} {'median s':>8} {'ratio':>6} {'min s':>6} {'ratio':>6} {'CPU s':>6} {'ratio':>6}"
-            f" {'p88 RSS MB':>10} {'stored MB':>9}  runs (s)")
+    head = (
+        f"{'case':<34} {'median s':>8} {'ratio':>6} {'min s':>6} {'ratio':>6} {'CPU s':>6} {'ratio':>6}"
+        f" {'p88 RSS MB':>10} {'stored MB':>9}  runs (s)"
+    )
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
@@ -523,7 +568,8 @@ def results_table(results: list[CaseResult]) -> str:
             f" {r.best:6.2f} {fmt(ratio(r, by_key, lambda x: x.best), 6, 3)}"
             f" {r.median_cpu:6.1f} {fmt(ratio(r, by_key, lambda x: x.median_cpu), 6, 3)}"
             f" {fmt(r.peak_rss_mb, 10, 1)} {r.median_run.stored_bytes / MIB:9.1f}  "
-            + " ".join(f"{x.seconds:.2f}" for x in r.runs))
+            + " ".join(f"{x.seconds:.2f}" for x in r.runs)
+        )
     return "\n".join(lines)
 
 
@@ -552,19 +598,36 @@ def verdicts(results: list[CaseResult]) -> list[Verdict]:
     for r in results:
         if r.case.limit is not None:
             x = ratio(r, by_key)
-            out.append(Verdict(f"{r.case.label} / {by_key[r.case.baseline or ''].case.label} (wall time)",
-                               fmt(x, 0, 3, "x"), f"<= {r.case.limit:.2f}x",
-                               None if x is None else x <= r.case.limit))
+            out.append(
+                Verdict(
+                    f"{r.case.label} / {by_key[r.case.baseline or ''].case.label} (wall time)",
+                    fmt(x, 0, 3, "x"),
+                    f"<= {r.case.limit:.2f}x",
+                    None if x is None else x <= r.case.limit,
+                )
+            )
     if "p88-s3" not in by_key:
         out.append(Verdict("p88 S3 / raw S3 (wall time): not measured (--s3 none)", "-", f"<= {S3_LIMIT:.2f}x", None))
     rss = [r.peak_rss_mb for r in results if r.peak_rss_mb is not None]
     peak = max(rss) if rss else None
-    out.append(Verdict("peak RSS of the p88backup process (max of all runs)", fmt(peak, 0, 1, " MB"),
-                       f"<= {RSS_LIMIT_MB:.0f} MB", None if peak is None else peak <= RSS_LIMIT_MB))
+    out.append(
+        Verdict(
+            "peak RSS of the p88backup process (max of all runs)",
+            fmt(peak, 0, 1, " MB"),
+            f"<= {RSS_LIMIT_MB:.0f} MB",
+            None if peak is None else peak <= RSS_LIMIT_MB,
+        )
+    )
     failed = sum(len(r.failures) for r in results)
     attempts = failed + sum(len(r.runs) for r in results) + len(results)  # + the warm-ups
-    out.append(Verdict("failed runs (all cases, warm-ups included; see 'failures' above)",
-                       f"{failed} of {attempts}", "0", failed == 0))
+    out.append(
+        Verdict(
+            "failed runs (all cases, warm-ups included; see 'failures' above)",
+            f"{failed} of {attempts}",
+            "0",
+            failed == 0,
+        )
+    )
     return out
 
 
@@ -594,9 +657,11 @@ def versions(ctx: Context) -> str:
         r = subprocess.run(argv, capture_output=True, text=True, check=False)
         return (r.stdout or r.stderr).strip().splitlines()[0].strip("* ")
 
-    return (f"{first_line([str(ctx.pg_dump), '--version'])}; {first_line(['zstd', '--version'])}; "
-            f"python-zstandard {zstandard.__version__}; p88backup {p88backup.__version__}; "
-            f"{os.cpu_count()} CPUs")
+    return (
+        f"{first_line([str(ctx.pg_dump), '--version'])}; {first_line(['zstd', '--version'])}; "
+        f"python-zstandard {zstandard.__version__}; p88backup {p88backup.__version__}; "
+        f"{os.cpu_count()} CPUs"
+    )
 
 
 NOTES = """
@@ -650,8 +715,7 @@ def run(opt: Options) -> int:
             s3_pid = s3.proc.pid
             servers["s3"] = lambda: [s3_pid]
         ctx = Context(cluster, cluster.url(DB_NAME), logs, work / "p88", servers)
-        cases = make_cases(LocalDestination(work / "out"),
-                           S3Destination(s3, BUCKET) if s3 else None)
+        cases = make_cases(LocalDestination(work / "out"), S3Destination(s3, BUCKET) if s3 else None)
         say(f"measuring {len(cases)} cases x (1 warm-up + {opt.repeat}), load average {loadavg()}")
         load_before = loadavg()
         results = measure(ctx, cases, opt.repeat)

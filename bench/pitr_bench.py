@@ -106,7 +106,7 @@ from bench.dump_bench import (  # noqa: E402
     say,
     verdict_table,
 )
-from bench.procstats import CommandFailed, RunStats, run_measured  # noqa: E402
+from bench.procstats import CommandFailed, RunStats, refresh_bytecode, run_measured  # noqa: E402
 from tests.harness.postgres import PgCluster  # noqa: E402
 from tests.harness.procs import make_traversable, service_user, stop_process  # noqa: E402
 
@@ -301,8 +301,22 @@ def build_cluster(base: Path, scale: int, logs: Path) -> PgCluster:
 
 
 def start_pgbench(cluster: PgCluster, seconds: int, log: Path, pgoptions: str = "") -> subprocess.Popen[bytes]:
-    argv = [str(cluster.bindir / "pgbench"), "-c", str(PGBENCH_CLIENTS), "-j", str(PGBENCH_CLIENTS),
-            "-T", str(seconds), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", DB_NAME]
+    argv = [
+        str(cluster.bindir / "pgbench"),
+        "-c",
+        str(PGBENCH_CLIENTS),
+        "-j",
+        str(PGBENCH_CLIENTS),
+        "-T",
+        str(seconds),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(cluster.port),
+        "-U",
+        "postgres",
+        DB_NAME,
+    ]
     with log.open("wb") as fh:
         return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PGOPTIONS": pgoptions})
 
@@ -389,16 +403,38 @@ def backup_restore_cases(tools: Tools) -> list[Case]:
     p88_store = NewestBackup(tools.p88_store / "basebackups", "p88 store")
     restored = LocalDestination(service_dir(tools.root / "restore"), "restored data directory")
     return [
-        ToolCase("pgbr-backup", "pgbackrest backup --type=full", "raw", pgbr_repo,
-                 argv=backup_argv(tools, "pgbackrest")),
-        ToolCase("p88-backup", "p88 basebackup", "p88", p88_store, baseline="pgbr-backup",
-                 limit=BASEBACKUP_LIMIT, argv=backup_argv(tools, "p88")),
-        ToolCase("pgbr-restore", "pgbackrest restore", "raw", restored,
-                 argv=restore_argv(tools, restored, "pgbackrest")),
-        ToolCase("p88-restore", "p88 restore --pitr latest", "p88", restored, baseline="pgbr-restore",
-                 limit=RESTORE_LIMIT, argv=restore_argv(tools, restored, "p88")),
-        ToolCase("p88-restore-nv", "p88 restore --pitr, --no-verify", "p88", restored, baseline="pgbr-restore",
-                 argv=restore_argv(tools, restored, "p88", "--no-verify")),
+        ToolCase(
+            "pgbr-backup", "pgbackrest backup --type=full", "raw", pgbr_repo, argv=backup_argv(tools, "pgbackrest")
+        ),
+        ToolCase(
+            "p88-backup",
+            "p88 basebackup",
+            "p88",
+            p88_store,
+            baseline="pgbr-backup",
+            limit=BASEBACKUP_LIMIT,
+            argv=backup_argv(tools, "p88"),
+        ),
+        ToolCase(
+            "pgbr-restore", "pgbackrest restore", "raw", restored, argv=restore_argv(tools, restored, "pgbackrest")
+        ),
+        ToolCase(
+            "p88-restore",
+            "p88 restore --pitr latest",
+            "p88",
+            restored,
+            baseline="pgbr-restore",
+            limit=RESTORE_LIMIT,
+            argv=restore_argv(tools, restored, "p88"),
+        ),
+        ToolCase(
+            "p88-restore-nv",
+            "p88 restore --pitr, --no-verify",
+            "p88",
+            restored,
+            baseline="pgbr-restore",
+            argv=restore_argv(tools, restored, "p88", "--no-verify"),
+        ),
     ]
 
 
@@ -468,9 +504,11 @@ def round_pushers(tools: Tools, datadir: Path, rnd: int) -> list[Pusher]:
     check_call(tools.pgbackrest(f"--repo1-path={repo}", "stanza-create"), tools.logs / f"stanza-create-{rnd}.log")
     p88_conf = write_p88_conf(base / "p88backup.toml", base / "p88-store", tools)
     return [
-        Pusher("pgbackrest archive-push",
-               lambda p: tools.pgbackrest(f"--repo1-path={repo}", f"--pg1-path={datadir}", "archive-push", str(p)),
-               repo / "archive"),
+        Pusher(
+            "pgbackrest archive-push",
+            lambda p: tools.pgbackrest(f"--repo1-path={repo}", f"--pg1-path={datadir}", "archive-push", str(p)),
+            repo / "archive",
+        ),
         Pusher("p88 wal-push", lambda p: tools.p88("wal-push", str(p), config=p88_conf), base / "p88-store" / "wal"),
     ]
 
@@ -499,17 +537,21 @@ def push_round(tools: Tools, segments: list[Path], rnd: int, res: PushResults) -
             res.latencies.setdefault(p.name, []).append(run_measured(p.command(seg), env=service_env(), log_path=log))
     for p in pushers:
         res.stored.setdefault(p.name, []).append(tree_bytes(p.archive))
-    say(f"  wal-push round {rnd + 1}: " + ", ".join(
-        f"{p.name} p50 {statistics.median(s.seconds for s in res.latencies[p.name][-len(segments):]) * 1000:.0f} ms"
-        for p in pushers) + f"  load {loadavg()}")
+    say(
+        f"  wal-push round {rnd + 1}: "
+        + ", ".join(f"{p.name} p50 {p50_ms(res.latencies[p.name][-len(segments) :]):.0f} ms" for p in pushers)
+        + f"  load {loadavg()}"
+    )
 
 
 def measure_wal_push(tools: Tools, segments: list[Path], repeat: int) -> PushResults:
     res = PushResults(len(segments))
     for rnd in range(repeat):
         push_round(tools, segments, rnd, res)
-    res.startup = [run_measured(tools.p88("wal-push", "--help"), env=service_env(), log_path=tools.logs / "help.log")
-                   for _ in segments]
+    res.startup = [
+        run_measured(tools.p88("wal-push", "--help"), env=service_env(), log_path=tools.logs / "help.log")
+        for _ in segments
+    ]
     return res
 
 
@@ -526,13 +568,17 @@ def push_p50_ratio(res: PushResults) -> float:
 def latency_row(label: str, runs: list[RunStats], stored: str) -> str:
     ms = [s.seconds * 1000 for s in runs]
     cpu = statistics.median(s.cpu_total for s in runs) * 1000
-    return (f"{label:<30} {len(ms):6d} {statistics.median(ms):7.0f} {percentile(ms, 0.9):7.0f} {max(ms):7.0f}"
-            f" {cpu:10.0f} {stored:>13}")
+    return (
+        f"{label:<30} {len(ms):6d} {statistics.median(ms):7.0f} {percentile(ms, 0.9):7.0f} {max(ms):7.0f}"
+        f" {cpu:10.0f} {stored:>13}"
+    )
 
 
 def push_table(res: PushResults) -> str:
-    head = (f"{'wal-push, per 16 MB segment':<30} {'pushes':>6} {'p50 ms':>7} {'p90 ms':>7} {'max ms':>7}"
-            f" {'CPU p50 ms':>10} {'stored MB/seg':>13}")
+    head = (
+        f"{'wal-push, per 16 MB segment':<30} {'pushes':>6} {'p50 ms':>7} {'p90 ms':>7} {'max ms':>7}"
+        f" {'CPU p50 ms':>10} {'stored MB/seg':>13}"
+    )
     lines = [head, "-" * len(head)]
     for tool, runs in res.latencies.items():
         lines.append(latency_row(tool, runs, f"{statistics.median(res.stored[tool]) / res.segments / MIB:.2f}"))
@@ -597,8 +643,10 @@ def measure_backlog(tools: Tools, seconds: int, repeat: int) -> list[BacklogRun]
     for rnd in range(repeat):
         for tool in ("p88", "pgbackrest") if rnd % 2 == 0 else ("pgbackrest", "p88"):
             r = backlog_run(tools, tool, seconds, f"{tool}-{rnd}")
-            say(f"  backlog {rnd + 1}/{repeat} {tool:<10} max ready {r.max_ready}, failed {r.failed},"
-                f" {r.wal_bytes / MIB / r.seconds:.1f} MB/s WAL, tps {fmt(r.tps, 0, 0)}  load {loadavg()}")
+            say(
+                f"  backlog {rnd + 1}/{repeat} {tool:<10} max ready {r.max_ready}, failed {r.failed},"
+                f" {r.wal_bytes / MIB / r.seconds:.1f} MB/s WAL, tps {fmt(r.tps, 0, 0)}  load {loadavg()}"
+            )
             runs.append(r)
     tools.set_archive_command()
     return runs
@@ -608,17 +656,23 @@ BACKLOG_NAMES = {"p88": "p88 wal-push", "pgbackrest": "pgbackrest archive-push"}
 
 
 def backlog_table(runs: list[BacklogRun], seconds: int) -> str:
-    head = (f"{'archive_command (alone)':<26} {'tps':>6} {'WAL MB/s':>8} {'segments':>8} {'archived':>8} {'in load':>7}"
-            f" {'failed':>6} {'max ready':>9} {'mean ready':>10} {'drain s':>7}  .ready per second")
-    lines = [f"archive backlog under pgbench -c {PGBENCH_CLIENTS} -j {PGBENCH_CLIENTS} -T {seconds}"
-             " (samples every 1 s):", head, "-" * len(head)]
+    head = (
+        f"{'archive_command (alone)':<26} {'tps':>6} {'WAL MB/s':>8} {'segments':>8} {'archived':>8} {'in load':>7}"
+        f" {'failed':>6} {'max ready':>9} {'mean ready':>10} {'drain s':>7}  .ready per second"
+    )
+    lines = [
+        f"archive backlog under pgbench -c {PGBENCH_CLIENTS} -j {PGBENCH_CLIENTS} -T {seconds} (samples every 1 s):",
+        head,
+        "-" * len(head),
+    ]
     for r in runs:
         lines.append(
             f"{BACKLOG_NAMES[r.tool]:<26} {fmt(r.tps, 6, 0)} {r.wal_bytes / MIB / r.seconds:8.1f}"
             f" {r.wal_bytes / (16 * MIB):8.1f} {r.archived:8d} {r.archived_series[-1] if r.ready else 0:7d}"
             f" {r.failed:6d} {r.max_ready:9d}"
             f" {statistics.fmean(r.ready) if r.ready else 0:10.2f} {r.drain_seconds:7.1f}  "
-            + "".join(str(min(n, 9)) for n in r.ready))
+            + "".join(str(min(n, 9)) for n in r.ready)
+        )
     return "\n".join(lines)
 
 
@@ -630,8 +684,12 @@ def backlog_verdict(runs: list[BacklogRun], tool: str, judged: bool) -> Verdict:
     worst, failed = max(r.max_ready for r in mine), sum(r.failed for r in mine)
     ok = worst <= BACKLOG_LIMIT and failed == 0
     note = "" if judged else " (info)"
-    return Verdict(f"archive backlog, {BACKLOG_NAMES[tool]}: max .ready, failed{note}",
-                   f"{worst}, {failed} failed", f"<= {BACKLOG_LIMIT}, 0", ok if judged else None)
+    return Verdict(
+        f"archive backlog, {BACKLOG_NAMES[tool]}: max .ready, failed{note}",
+        f"{worst}, {failed} failed",
+        f"<= {BACKLOG_LIMIT}, 0",
+        ok if judged else None,
+    )
 
 
 def verdicts(results: list[CaseResult], pushes: PushResults, backlog: list[BacklogRun]) -> list[Verdict]:
@@ -640,11 +698,23 @@ def verdicts(results: list[CaseResult], pushes: PushResults, backlog: list[Backl
     for r in results:
         if r.case.limit is not None:
             x = ratio(r, by_key)
-            out.append(Verdict(f"{r.case.label} / {by_key[r.case.baseline or ''].case.label} (median wall)",
-                               fmt(x, 0, 3, "x"), f"<= {r.case.limit:.2f}x", None if x is None else x <= r.case.limit))
+            out.append(
+                Verdict(
+                    f"{r.case.label} / {by_key[r.case.baseline or ''].case.label} (median wall)",
+                    fmt(x, 0, 3, "x"),
+                    f"<= {r.case.limit:.2f}x",
+                    None if x is None else x <= r.case.limit,
+                )
+            )
     x = push_p50_ratio(pushes)
-    out.append(Verdict("p88 wal-push / pgbackrest archive-push (p50 latency)", f"{x:.3f}x",
-                       f"<= {WAL_PUSH_LIMIT:.2f}x", x <= WAL_PUSH_LIMIT))
+    out.append(
+        Verdict(
+            "p88 wal-push / pgbackrest archive-push (p50 latency)",
+            f"{x:.3f}x",
+            f"<= {WAL_PUSH_LIMIT:.2f}x",
+            x <= WAL_PUSH_LIMIT,
+        )
+    )
     out.append(backlog_verdict(backlog, "p88", judged=True))
     out.append(backlog_verdict(backlog, "pgbackrest", judged=False))
     failed = sum(len(r.failures) for r in results)
@@ -658,8 +728,10 @@ def versions(cluster: PgCluster) -> str:
     import p88backup
 
     pgbr = subprocess.run(["pgbackrest", "version"], capture_output=True, text=True, check=False).stdout.strip()
-    return (f"PostgreSQL {cluster.scalar('SHOW server_version')}; {pgbr}; p88backup {p88backup.__version__};"
-            f" python-zstandard {zstandard.__version__}; {os.cpu_count()} CPUs")
+    return (
+        f"PostgreSQL {cluster.scalar('SHOW server_version')}; {pgbr}; p88backup {p88backup.__version__};"
+        f" python-zstandard {zstandard.__version__}; {os.cpu_count()} CPUs"
+    )
 
 
 NOTES = """
@@ -670,15 +742,27 @@ store, or the restored data directory. wal-push: wall time from spawn to exit of
 user, like archive_command), CPU from wait4. Noise: 2 shared cores; read the individual runs and the load."""
 
 
-def print_report(cluster: PgCluster, results: list[CaseResult], pushes: PushResults, backlog: list[BacklogRun],
-                 opt: Options, load_before: str) -> list[Verdict]:
+def print_report(
+    cluster: PgCluster,
+    results: list[CaseResult],
+    pushes: PushResults,
+    backlog: list[BacklogRun],
+    opt: Options,
+    load_before: str,
+) -> list[Verdict]:
     vs = verdicts(results, pushes, backlog)
     print()
     print(describe_database(cluster))
     print(versions(cluster))
     print(f"load average (1/5/15 min) before measuring: {load_before}; after: {loadavg()}")
-    for block in (results_table(results), cpu_breakdown(results), failure_report(results),
-                  push_table(pushes), backlog_table(backlog, opt.load_seconds), verdict_table(vs)):
+    for block in (
+        results_table(results),
+        cpu_breakdown(results),
+        failure_report(results),
+        push_table(pushes),
+        backlog_table(backlog, opt.load_seconds),
+        verdict_table(vs),
+    ):
         print()
         print(block)
     print(NOTES)
@@ -711,19 +795,6 @@ def drop_inherited_settings() -> list[str]:
     for k in names:
         del os.environ[k]
     return names
-
-
-def refresh_bytecode() -> None:
-    """Recompile p88backup's stale ``.pyc`` files (what installing a package does).
-
-    The service user cannot write the caches of a checkout owned by root: after a
-    source edit, every ``wal-push`` it runs would compile the changed modules again.
-    """
-    import compileall
-
-    import p88backup
-
-    compileall.compile_dir(Path(p88backup.__file__).parent, quiet=2)
 
 
 def measure_pitr(tools: Tools, opt: Options, ctx: Context) -> tuple[list[CaseResult], PushResults, list[BacklogRun]]:
@@ -778,3 +849,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def p50_ms(samples: Sequence[RunStats]) -> float:
+    return float(statistics.median(s.seconds for s in samples)) * 1000

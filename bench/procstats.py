@@ -110,7 +110,7 @@ def cpu_seconds(pid: int) -> float | None:
             stat = fh.read()
     except (FileNotFoundError, ProcessLookupError):  # the process ended mid-sample
         return None
-    fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) "
+    fields = stat[stat.rindex(b")") + 2 :].split()  # after "pid (comm) "
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -218,3 +218,17 @@ def run_measured(
         tail = log_path.read_text(errors="replace").strip().splitlines()[-15:] or [""]
         raise CommandFailed(f"{argv[0]} exited {proc.returncode}; log {log_path}:\n" + "\n".join(tail), tail[-1])
     return RunStats(seconds, usage.ru_utime + usage.ru_stime, samples, proc.pid)
+
+
+def refresh_bytecode() -> None:
+    """Recompile p88backup's stale ``.pyc`` files (what installing a package does).
+
+    This checkout is installed editable and PYTHONDONTWRITEBYTECODE may be set, so
+    after a source edit every measured run would compile the changed modules again
+    (tens of ms per start), and a service user cannot write a root-owned cache.
+    """
+    import compileall
+
+    import p88backup
+
+    compileall.compile_dir(Path(p88backup.__file__).parent, quiet=2)

@@ -197,9 +197,18 @@ class Reindexer:
             raise DatabaseError(f"cannot open a snapshot: {first_line(exc)}") from None
         return conn
 
-    def _rows(self, conn: Any, since: datetime | None) -> Iterator[tuple[str | None]]:
+    def _rows(self, conn: Any, since: datetime | None) -> Iterator[tuple[bytes | None]]:
+        from psycopg.adapt import Loader
+
+        class RawText(Loader):
+            """Items stay the UTF-8 bytes the server sent: no decode here, no encode to post."""
+
+            def load(self, data: Any) -> bytes:
+                return bytes(data)
+
         try:
             with conn.cursor(name="p88reindex") as cur:
+                cur.adapters.register_loader("text", RawText)
                 cur.itersize = self.opt.fetch_rows
                 cur.execute(self._sql(since is not None), (since,) if since is not None else None)
                 yield from cur
@@ -212,9 +221,9 @@ class Reindexer:
 
     # -- bulk -----------------------------------------------------------------
 
-    def _chunks(self, rows: Iterator[tuple[str | None]]) -> Iterator[list[str]]:
+    def _chunks(self, rows: Iterator[tuple[bytes | None]]) -> Iterator[list[bytes]]:
         """Bulk bodies as lists of items (action line + document line), bounded in size."""
-        items: list[str] = []
+        items: list[bytes] = []
         size = 0
         for (item,) in rows:
             if item is None:
@@ -227,13 +236,13 @@ class Reindexer:
         if items:
             yield items
 
-    def _post(self, items: list[str], target: str) -> int:
+    def _post(self, items: list[bytes], target: str) -> int:
         """Send one bulk body; resend rejected (429) items with backoff. Returns items indexed."""
         pending = items
         delay = 0.2
         deadline = time.monotonic() + self.search.retry_deadline
         while True:
-            resp = self._bulk("".join(pending).encode(), target)
+            resp = self._bulk(b"".join(pending), target)
             if not resp.get("errors"):
                 return len(items)
             rejected, failed = [], []
@@ -270,9 +279,10 @@ class Reindexer:
         params = {"filter_path": "errors,items.*.status,items.*.error,items.*._id"}
         return self.search.call("bulk", lambda: self.search.client.bulk(body=body, index=target, params=params))
 
-    def _load(self, rows: Iterator[tuple[str | None]], target: str) -> int:
+    def _load(self, rows: Iterator[tuple[bytes | None]], target: str) -> int:
         """Stream rows into ``target``, a few bulk requests in flight; returns actions sent."""
-        chunks: queue.Queue[list[str] | None] = queue.Queue(maxsize=self.opt.concurrency + 1)
+        # Bounded: at most `concurrency` bodies wait while as many are in flight.
+        chunks: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=self.opt.concurrency)
         stop = threading.Event()
         produced: list[BaseException] = []
 
