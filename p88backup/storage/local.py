@@ -22,6 +22,7 @@ from p88backup.errors import ObjectExistsError, ObjectNotFoundError, StorageErro
 from p88backup.storage.base import CHUNK, ObjectInfo, Readable, validate_key, validate_prefix
 
 TMP_DIR = ".p88tmp"
+WRITEBACK_STEP = 16 * 1024 * 1024
 
 
 def _fsync_dir(path: Path) -> None:
@@ -78,9 +79,15 @@ class LocalStorage:
         try:
             try:
                 with os.fdopen(fd, "wb", buffering=0) as out:
+                    flushed = 0
                     while chunk := data.read(CHUNK):
                         out.write(chunk)
                         size += len(chunk)
+                        if size - flushed >= WRITEBACK_STEP:
+                            # Start writeback of what is written so far (asynchronous) and keep
+                            # a backup out of the page cache: the final fsync has little left.
+                            os.posix_fadvise(fd, flushed, size - flushed, os.POSIX_FADV_DONTNEED)
+                            flushed = size
                     os.fsync(out.fileno())
                 self._move_into_place(tmp, final, key, overwrite)
             except OSError as exc:
