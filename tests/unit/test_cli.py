@@ -103,3 +103,26 @@ def test_console_log_format(tmp_path: Path) -> None:
     )
     assert r.returncode == 3
     assert r.stderr.startswith("error   invalid setting storage_url")
+
+
+def test_leave_finishes_threads_and_output_before_it_exits(tmp_path: Path) -> None:
+    """entry.leave skips interpreter teardown: it must still wait for non-daemon
+    threads, flush log handlers and stdio, and keep the exit status."""
+    marker = tmp_path / "written-by-thread"
+    script = f"""
+import logging, sys, threading, time
+from p88backup.entry import leave
+logging.basicConfig(stream=sys.stderr, level=logging.INFO)
+def late():
+    time.sleep(0.2)
+    open({str(marker)!r}, "w").write("done")
+threading.Thread(target=late).start()
+sys.stdout.write("x" * 300000 + "END")
+logging.getLogger("t").info("last log line")
+leave(5)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 5
+    assert r.stdout.endswith("END") and len(r.stdout) == 300003
+    assert "last log line" in r.stderr
+    assert marker.read_text() == "done"
