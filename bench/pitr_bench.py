@@ -561,6 +561,10 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
+def p50_ms(samples: Sequence[RunStats]) -> float:
+    return float(statistics.median(s.seconds for s in samples)) * 1000
+
+
 def push_p50_ratio(res: PushResults) -> float:
     return res.p50("p88 wal-push") / res.p50("pgbackrest archive-push")
 
@@ -849,7 +853,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def p50_ms(samples: Sequence[RunStats]) -> float:
-    return float(statistics.median(s.seconds for s in samples)) * 1000
