@@ -14,12 +14,20 @@ from typing import NoReturn
 def main() -> NoReturn:
     # No pydantic plugins are used: skip the scan of every installed package's entry points.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    from p88backup.walcli import FAST_COMMANDS, split_argv
+    try:
+        from p88backup.walcli import FAST_COMMANDS, split_argv
+        from p88backup.walcli import main as fast_main
+    except Exception:
+        if "wal-fetch" in sys.argv:
+            # restore_command: any status below 126 reads as "not in the archive" and
+            # ends recovery early; a broken install must abort recovery instead.
+            import traceback
 
+            traceback.print_exc()
+            leave(126)
+        raise
     split = split_argv(sys.argv[1:])
     if split is not None and split[1] in FAST_COMMANDS:
-        from p88backup.walcli import main as fast_main
-
         leave(fast_main(sys.argv[1:]))
     from p88backup.cli.main import run
 

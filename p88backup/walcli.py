@@ -39,72 +39,104 @@ FETCH_HELP = """Usage: p88backup wal-fetch [--config FILE] NAME DEST
 FAST_COMMANDS = ("wal-push", "wal-fetch")
 
 
+_VALUE_OPTIONS = {"--config": "config", "--log-format": "log_format"}
+
+
+def _take_option(argv: list[str], i: int, opts: dict[str, str | int | None]) -> int | None:
+    """Consume the global option at ``argv[i]`` into ``opts``; the next index, or None if it is none."""
+    a = argv[i]
+    if a in _VALUE_OPTIONS and i + 1 < len(argv):
+        opts[_VALUE_OPTIONS[a]] = argv[i + 1]
+        return i + 2
+    key, eq, value = a.partition("=")
+    if eq and key in _VALUE_OPTIONS:
+        opts[_VALUE_OPTIONS[key]] = value
+        return i + 1
+    if a == "--verbose" or (a.startswith("-v") and set(a[1:]) == {"v"}):
+        opts["verbose"] = int(opts["verbose"] or 0) + (1 if a == "--verbose" else len(a) - 1)
+        return i + 1
+    return None
+
+
 def split_argv(argv: list[str]) -> tuple[dict[str, str | int | None], str | None, list[str]] | None:
     """(global options, command, its arguments), or None if Click should parse this."""
     opts: dict[str, str | int | None] = {"config": None, "log_format": None, "verbose": 0}
     i = 0
     while i < len(argv):
-        a = argv[i]
-        if a in ("--config", "--log-format") and i + 1 < len(argv):
-            opts["config" if a == "--config" else "log_format"] = argv[i + 1]
-            i += 2
-        elif a.startswith(("--config=", "--log-format=")):
-            key, _, value = a.partition("=")
-            opts["config" if key == "--config" else "log_format"] = value
-            i += 1
-        elif a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}):
-            opts["verbose"] = int(opts["verbose"] or 0) + max(1, len(a) - 1 if a != "--verbose" else 1)
-            i += 1
-        elif a.startswith("-"):
+        nxt = _take_option(argv, i, opts)
+        if nxt is not None:
+            i = nxt
+        elif argv[i].startswith("-"):
             return None
         else:
-            return opts, a, argv[i + 1 :]
+            return opts, argv[i], argv[i + 1 :]
     return opts, None, []
 
 
 def main(argv: list[str]) -> int:
-    """Run a fast command; returns its exit status."""
+    """Run a fast command; returns its exit status.
+
+    ``wal-fetch`` never exits 1 unless the file is not in the archive: for
+    PostgreSQL any other status below 126 also means "not found" and ends
+    recovery early, so usage errors and unexpected failures exit 126.
+    """
     split = split_argv(argv)
     assert split is not None and split[1] in FAST_COMMANDS
-    opts, command, args = split
-    usage = PUSH_HELP if command == "wal-push" else FETCH_HELP
-    if "-h" in args or "--help" in args:
-        sys.stdout.write(usage)
-        return 0
-    want = 1 if command == "wal-push" else 2
+    opts, command, rest = split
+    fetch = command == "wal-fetch"
+    failed = 126 if fetch else 1
+    usage = FETCH_HELP if fetch else PUSH_HELP
+    # Global options are accepted after the command too (`wal-fetch --config F NAME DEST`).
+    args: list[str] = []
+    i = 0
+    while i < len(rest):
+        if rest[i] in ("-h", "--help"):
+            sys.stdout.write(usage)
+            return 0
+        nxt = _take_option(rest, i, opts)
+        if nxt is not None:
+            i = nxt
+            continue
+        args.append(rest[i])
+        i += 1
+    want = 2 if fetch else 1
     if len(args) != want or any(a.startswith("-") for a in args):
         sys.stderr.write(usage.split("\n\n")[0] + f"\n\nError: {command} takes {want} argument(s)\n")
-        return 2
+        return failed if fetch else 2
 
-    import logging
+    try:
+        import logging
 
-    from p88backup import log
-    from p88backup.errors import P88Error, restore_command_status
+        from p88backup import log
+        from p88backup.errors import P88Error, restore_command_status
 
-    log.configure(opts["log_format"] if isinstance(opts["log_format"], str) else None, int(opts["verbose"] or 0))
+        log.configure(opts["log_format"] if isinstance(opts["log_format"], str) else None, int(opts["verbose"] or 0))
+    except Exception as exc:  # a broken install must not look like "not in the archive"
+        sys.stderr.write(f"p88backup {command}: cannot start: {exc!r}\n")
+        return failed
     wal_log = logging.getLogger("p88backup.wal")
     config = opts["config"] or os.environ.get("P88_CONFIG")
     try:
         archive = _open_archive(Path(str(config)) if config else None)
-        if command == "wal-push":
+        if fetch:
+            size = archive.fetch(args[0], Path(args[1]))
+            wal_log.info("restored", extra=log.fields(file=args[0], bytes=size))
+        else:
             result = archive.push(Path(args[0]))
             wal_log.info(
                 "archived" if not result.already_archived else "already archived (identical)",
                 extra=log.fields(file=result.name, raw_bytes=result.raw_size, stored_bytes=result.stored_size),
             )
-        else:
-            size = archive.fetch(args[0], Path(args[1]))
-            wal_log.info("restored", extra=log.fields(file=args[0], bytes=size))
         return 0
     except P88Error as exc:
-        if command == "wal-fetch" and restore_command_status(exc) == 1:
+        if fetch and restore_command_status(exc) == 1:
             wal_log.info("not in the archive", extra=log.fields(file=args[0]))
             return 1
         log.report_error(exc)
-        return restore_command_status(exc) if command == "wal-fetch" else int(exc.exit_code)
+        return restore_command_status(exc) if fetch else int(exc.exit_code)
     except Exception as exc:  # unexpected: never let it look like "not found"
         wal_log.exception("unexpected failure in %s: %s", command, exc)
-        return restore_command_status(exc) if command == "wal-fetch" else 1
+        return failed
 
 
 def _open_archive(config_file: Path | None):  # type: ignore[no-untyped-def]

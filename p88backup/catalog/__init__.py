@@ -12,6 +12,7 @@ import functools
 import io
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from p88backup.catalog import layout
 from p88backup.catalog.layout import Kind
 from p88backup.catalog.models import SCHEMA_VERSION, BaseBackupManifest, DumpManifest, Manifest
-from p88backup.errors import NotFoundError, ObjectNotFoundError, VerifyError
+from p88backup.errors import NotFoundError, ObjectExistsError, ObjectNotFoundError, P88Error, VerifyError
 from p88backup.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -134,11 +135,43 @@ class Catalog:
     # -- writing ------------------------------------------------------------
 
     def write(self, manifest: DumpManifest | BaseBackupManifest) -> str:
-        """Store the manifest (create-only): the backup becomes visible."""
+        """Store the manifest (create-only): the backup becomes visible.
+
+        If the key exists with these very bytes, an earlier attempt of this
+        write landed (its response was lost): that is success. Different
+        bytes raise ``ObjectExistsError``; they belong to another run.
+        """
         key = layout.manifest_key(manifest.kind, manifest.id)
         body = manifest.model_dump_json(indent=2).encode()
-        self.storage.put(key, io.BytesIO(body), overwrite=False)
+        try:
+            self.storage.put(key, io.BytesIO(body), overwrite=False)
+        except ObjectExistsError:
+            with self.storage.open(key) as fh:
+                if fh.read() != body:
+                    raise
+            log.info("manifest already stored by an earlier attempt", extra={"p88": {"key": key}})
         return key
+
+    def discard(self, kind: Kind, backup_id: str, keys: Sequence[str], *, manifest: bool) -> None:
+        """Best effort: take back what a failed run stored (``expire`` reaps the rest).
+
+        ``keys``: the objects the run stored. ``manifest``: the run tried to
+        write its manifest. A failed manifest write may still have landed (a
+        lost response, a failed directory fsync, an interrupt), so the
+        manifest goes first, and if it cannot be removed the objects stay:
+        a listed backup never names objects that are gone.
+        """
+        try:
+            if manifest:
+                self.storage.delete(layout.manifest_key(kind, backup_id))
+            if keys:
+                self.storage.delete_many(keys)
+                log.info("removed what the failed run stored", extra={"p88": {"id": backup_id, "count": len(keys)}})
+        except P88Error as exc:
+            log.warning(
+                "could not remove what the failed run stored; expire will",
+                extra={"p88": {"id": backup_id, "error": str(exc)}},
+            )
 
     def delete(self, manifest: DumpManifest | BaseBackupManifest) -> None:
         """Manifest first, so a half-deleted backup is never listed as good."""

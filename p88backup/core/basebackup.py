@@ -29,7 +29,7 @@ from p88backup.core.common import ServerInfo, manifest_fields, server_info, stor
 from p88backup.core.pgmanifest import parse_backup_label, parse_backup_manifest
 from p88backup.core.tarwalk import CaptureMembers, TarWalker
 from p88backup.core.wal import WalArchive
-from p88backup.errors import P88Error, PgToolError, VerifyError
+from p88backup.errors import ObjectExistsError, PgToolError, VerifyError
 from p88backup.pg.conn import ConnInfo
 from p88backup.pg.proc import ToolOutput, ToolProcess
 from p88backup.pg.tools import client_for
@@ -73,6 +73,7 @@ class BaseBackupRunner:
         self.catalog = Catalog(storage)
         self.archive = WalArchive(storage, codec)
         self.written: list[str] = []
+        self._manifest_sent = False
 
     def run(self) -> BaseBackupManifest:
         started = self.clock()
@@ -86,8 +87,10 @@ class BaseBackupRunner:
         log.info("base backup started", extra={"p88": {"id": bid, "server": info.version, "storage": self.storage.url}})
         try:
             manifest = self._run(bid, tool.path, tool.version, info, started)
-        except BaseException:
-            self._cleanup()
+        except BaseException as exc:
+            # A manifest key holding another run's bytes is not ours to remove.
+            ours = self._manifest_sent and not isinstance(exc, ObjectExistsError)
+            self.catalog.discard("basebackup", bid, self.written, manifest=ours)
             raise
         return manifest
 
@@ -109,8 +112,8 @@ class BaseBackupRunner:
         key = f"{layout.backup_dir('basebackup', bid)}base.tar{self.codec.suffix}"
         with ToolProcess(argv, env=self.ci.env(), what="pg_basebackup") as proc:
             out = ToolOutput(proc, progress=self.progress, tee=walker.feed, on_end=walker.finish)
-            self.written.append(key)
             base = store(self.storage, key, out, self.codec)
+            self.written.append(key)  # only what this run stored
         if "backup_label" not in capture.found or "backup_manifest" not in capture.found:
             raise PgToolError("pg_basebackup output lacks backup_label or backup_manifest (PostgreSQL 13+ needed)")
         label = parse_backup_label(bytes(capture.found["backup_label"]))
@@ -118,8 +121,8 @@ class BaseBackupRunner:
         if any(f.path.startswith("pg_tblspc/") for f in pgman.files.values()):
             raise PgToolError("the cluster has tablespaces; p88backup base backups support the main one only")
         man_key = f"{layout.backup_dir('basebackup', bid)}backup_manifest{self.codec.suffix}"
-        self.written.append(man_key)
         man_obj = store(self.storage, man_key, io.BytesIO(bytes(capture.found["backup_manifest"])), self.codec)
+        self.written.append(man_key)
         stop_time = self.clock()
         end_tli, end_lsn = pgman.end_timeline, pgman.end_lsn
         segments = needed_segments(label.start_segment, end_tli, end_lsn)
@@ -137,6 +140,7 @@ class BaseBackupRunner:
             files=[base],
             backup_manifest=man_obj,
         )
+        self._manifest_sent = True
         self.catalog.write(manifest)
         log.info(
             "base backup finished",
@@ -173,13 +177,3 @@ class BaseBackupRunner:
                 log.info("waiting for WAL to be archived", extra={"p88": {"segments": missing}})
                 logged = True
             self.sleep(1.0)
-
-    def _cleanup(self) -> None:
-        if not self.written:
-            return
-        try:
-            self.storage.delete_many(self.written)
-        except P88Error as exc:
-            log.warning(
-                "could not remove objects of the failed base backup; expire will", extra={"p88": {"error": str(exc)}}
-            )

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from p88backup.catalog import Catalog, layout
 from p88backup.catalog.models import DatabaseDump, DumpManifest, StoredObject
 from p88backup.core.common import ServerInfo, manifest_fields, server_info, store
-from p88backup.errors import DatabaseError, P88Error, PgToolError
+from p88backup.errors import DatabaseError, ObjectExistsError, PgToolError
 from p88backup.pg.conn import ConnInfo, first_line
 from p88backup.pg.proc import ToolOutput, ToolProcess
 from p88backup.pg.tools import Tool, client_for
@@ -136,6 +136,7 @@ class Dumper:
                 }
             },
         )
+        manifest_sent = False
         try:
             dbs, snapshot_time = [], None
             for name in names:
@@ -151,9 +152,12 @@ class Dumper:
                 databases=dbs,
                 globals=glob,
             )
+            manifest_sent = True
             self.catalog.write(manifest)
-        except BaseException:
-            self._cleanup()
+        except BaseException as exc:
+            # A manifest key holding another run's bytes is not ours to remove.
+            ours = manifest_sent and not isinstance(exc, ObjectExistsError)
+            self.catalog.discard("dump", bid, self.written, manifest=ours)
             raise
         return manifest
 
@@ -163,16 +167,6 @@ class Dumper:
         if missing:
             raise DatabaseError(f"no such database on {self.ci.describe()}: {', '.join(missing)}")
 
-    def _cleanup(self) -> None:
-        """Best effort: remove what this failed run stored (it has no manifest)."""
-        if not self.written:
-            return
-        try:
-            self.storage.delete_many(self.written)
-            log.info("removed objects of the failed dump", extra={"p88": {"count": len(self.written)}})
-        except P88Error as exc:
-            log.warning("could not remove objects of the failed dump; expire will", extra={"p88": {"error": str(exc)}})
-
     def _store(self, key: str, src: Readable) -> StoredObject:
         if self._warm is None:
             # Build the manifest validators while the data streams (C code, GIL mostly free).
@@ -180,8 +174,9 @@ class Dumper:
 
             self._warm = threading.Thread(target=warm_up, name="warm-up", daemon=True)
             self._warm.start()
-        self.written.append(key)
-        return store(self.storage, key, src, self.codec)
+        obj = store(self.storage, key, src, self.codec)
+        self.written.append(key)  # only what this run stored: a create-only refusal is not ours to remove
+        return obj
 
     def _dump_database(self, pg_dump: Tool, bid: str, name: str) -> tuple[DatabaseDump, datetime]:
         ci = self.ci.with_db(name)

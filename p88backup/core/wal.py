@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p88backup.core import walnames
-from p88backup.errors import ConflictError, ObjectExistsError, ObjectNotFoundError, VerifyError
+from p88backup.errors import ConflictError, ObjectExistsError, ObjectNotFoundError, StorageError, VerifyError
 from p88backup.storage.base import ObjectInfo, Storage
 from p88backup.stream import Codec, CountingReader, decode, encode, iter_chunks
 
@@ -149,6 +149,9 @@ class WalArchive:
                 f"{name} is already archived with different content ({existing.key}); not overwriting",
                 hint="two clusters may be archiving into the same storage, or a timeline was reused",
             )
+        # The push that stored it may have died before its fsyncs: PostgreSQL recycles
+        # the segment once we exit 0, so make sure the archived copy is durable.
+        self.storage.sync(existing.key)
         return PushResult(name, existing.key, True, size, existing.size)
 
     def _stored_sha256(self, obj: ObjectInfo) -> str:
@@ -180,11 +183,17 @@ class WalArchive:
         """
         obj = self.find(name)
         if obj is None:
+            # "Not in the archive" ends recovery: make sure it is not the archive that is missing.
+            self.storage.check()
             raise ObjectNotFoundError(f"{name} is not in the archive")
         kind = walnames.classify(name).kind
         tmp = dest.with_name(f".{dest.name}.p88tmp")
         try:
-            with self.storage.open(obj.key) as fh, tmp.open("wb") as out:
+            try:
+                fh = self.storage.open(obj.key)
+            except ObjectNotFoundError:  # deleted since find(): an error, not "not archived"
+                raise StorageError(f"{obj.key} vanished while being fetched") from None
+            with fh, tmp.open("wb") as out:
                 size = 0
                 for chunk in iter_chunks(decode(fh, self.codec, encrypted=obj.key.endswith(".age"))):
                     out.write(chunk)

@@ -118,6 +118,22 @@ class Storage(Protocol):
         """
         ...
 
+    def check(self) -> None:
+        """Raise ``StorageError`` unless the storage itself is there (the local
+        root directory, the bucket). Objects in a storage that is not there
+        are "not found" like any missing object; a caller for whom "not found"
+        has consequences (wal-fetch: end of recovery) checks this first."""
+        ...
+
+    def sync(self, key: str) -> None:
+        """Make the existing object ``key`` as durable as a put would have.
+
+        For a caller that relies on an object it did not just store (the
+        put that stored it may have been killed before it finished syncing).
+        A no-op where every visible object is already durable (S3, memory).
+        """
+        ...
+
     def delete(self, key: str) -> None:
         """Remove ``key``. Deleting a missing key is not an error."""
         ...

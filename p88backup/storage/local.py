@@ -2,7 +2,7 @@
 
 A put writes a temporary file under ``<root>/.p88tmp/``, fsyncs it, moves it
 into place (``rename``, or ``link`` for create-only so that an existing object
-is never replaced), then fsyncs the directory. Killed mid-put, it leaves only
+is never replaced), then fsyncs the directories up to the root. Killed mid-put, it leaves only
 a temporary file that is never listed; :meth:`LocalStorage.remove_stale_temp`
 clears those.
 """
@@ -115,7 +115,38 @@ class LocalStorage:
                 # A concurrent delete pruned the empty directory; make it again.
                 if attempt == 2:
                     raise
-        _fsync_dir(final.parent)
+        self._fsync_dirs(final.parent)
+
+    def _fsync_dirs(self, directory: Path) -> None:
+        """fsync ``directory`` and each parent up to the root: a directory made by
+        a put that was killed before its own fsync becomes durable here too."""
+        d = directory
+        while True:
+            _fsync_dir(d)
+            if d == self.root or d == d.parent:
+                return
+            d = d.parent
+
+    def sync(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._fsync_dirs(path.parent)
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{key} not found in {self.url}") from None
+        except OSError as exc:
+            raise _os_error(exc, f"cannot sync {key} in {self.url}") from None
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise StorageError(
+                f"storage root {self.root} does not exist or is not a directory",
+                hint="is the backup volume mounted? (P88_STORAGE_URL)",
+            )
 
     def open(self, key: str) -> BinaryIO:
         path = self._path(key)

@@ -55,6 +55,12 @@ class MemoryStorage:
         for key, (body, modified) in items:
             yield ObjectInfo(key, len(body), modified)
 
+    def sync(self, key: str) -> None:
+        validate_key(key)
+
+    def check(self) -> None:
+        pass  # it exists as long as this process does
+
     def delete(self, key: str) -> None:
         validate_key(key)
         with _LOCK:

@@ -225,6 +225,14 @@ class S3Storage:
         except Exception as exc:  # the upload stays invisible; a bucket lifecycle rule reaps it
             log.warning("could not abort multipart upload", extra={"p88": {"key": full, "error": str(exc)}})
 
+    def check(self) -> None:
+        try:
+            self._call(f"check bucket {self.bucket}", lambda: self._client.head_bucket(Bucket=self.bucket))
+        except ObjectNotFoundError:  # HEAD answers have no body: a missing bucket is a bare 404
+            raise StorageError(
+                f"bucket {self.bucket} does not exist", hint="create it or fix P88_STORAGE_URL"
+            ) from None
+
     def open(self, key: str) -> BinaryIO:
         full = self._key(key)
         head = self._call(f"get {key}", lambda: self._client.head_object(Bucket=self.bucket, Key=full))
@@ -253,6 +261,9 @@ class S3Storage:
 
     def _list_page(self, prefix: str, kwargs: dict[str, Any]) -> Any:
         return self._call(f"list {prefix or '/'}", lambda: self._client.list_objects_v2(**kwargs))
+
+    def sync(self, key: str) -> None:
+        self._key(key)  # a completed PUT or multipart upload is durable when S3 answers
 
     def delete(self, key: str) -> None:
         full = self._key(key)

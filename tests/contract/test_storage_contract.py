@@ -111,6 +111,27 @@ def test_missing_object_errors(backend: Backend) -> None:
     s.delete("no/such/key")  # deleting a missing key is fine
 
 
+def test_sync_and_check_on_storage_that_is_there(backend: Backend) -> None:
+    put_bytes(backend.storage, "s/one", b"1")
+    backend.storage.sync("s/one")
+    backend.storage.check()
+
+
+def test_check_fails_when_the_storage_itself_is_missing(persistent_backend: Backend, tmp_path: Path) -> None:
+    """A missing root / bucket is a StorageError, never "not found" (wal-fetch relies on it)."""
+    if persistent_backend.name == "local":
+        url = f"file://{tmp_path}/not-mounted"
+    else:
+        url = f"s3://p88-missing-{uuid.uuid4().hex[:12]}/prefix"
+    gone = open_storage(url, retry_deadline=5)
+    try:
+        with pytest.raises(StorageError) as err:
+            gone.check()
+        assert not isinstance(err.value, ObjectNotFoundError)
+    finally:
+        gone.close()
+
+
 def test_list_is_sorted_prefix_filtered_and_empty_for_missing_prefix(backend: Backend) -> None:
     s = backend.storage
     for key in ["x/2", "x/10", "x/1/deep", "xy/1", "y/1"]:

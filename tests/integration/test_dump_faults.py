@@ -299,3 +299,29 @@ def test_second_dump_is_locked_out(bigdb: PgCluster, tmp_path: Path) -> None:
         assert f"another dump run is in progress (pid {os.getpid()}" in r.stderr
     assert json_out(run_cli(["list", "--json"], env)) == []
     ok(run_cli(["dump"], env))  # lock released: the next run goes ahead
+
+
+def test_manifest_write_that_lands_then_fails_leaves_no_listed_backup(pg: PgCluster, tmp_path: Path) -> None:
+    """The manifest PUT reaches storage but the answer is lost: the dump fails, and
+    its cleanup must not leave a listed backup whose objects it deleted."""
+    from p88backup.catalog import Catalog, layout
+    from p88backup.core.codecs import make_codec
+    from p88backup.core.dump import Dumper, DumpOptions
+    from p88backup.errors import StorageError
+    from p88backup.pg.conn import ConnInfo
+    from p88backup.storage.local import LocalStorage
+
+    class ManifestAnswerLost(LocalStorage):
+        def put(self, key, data, *, overwrite=True):  # type: ignore[no-untyped-def]
+            info = super().put(key, data, overwrite=overwrite)
+            if key.endswith(layout.MANIFEST):
+                raise StorageError(f"{key}: connection reset after the upload")
+            return info
+
+    store = tmp_path / "store"
+    storage = ManifestAnswerLost(store)
+    options = DumpOptions(databases=["postgres"], work_dir=tmp_path / "work")
+    with pytest.raises(StorageError, match="connection reset"):
+        Dumper(ConnInfo.from_url(pg.url()), storage, make_codec(), options).run()
+    assert Catalog(LocalStorage(store)).ids("dump") == []
+    assert keys(store) == set()  # nothing a later list/expire could misread

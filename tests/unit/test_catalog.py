@@ -6,12 +6,13 @@ import io
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from p88backup.catalog import Catalog, layout
 from p88backup.catalog.models import DatabaseDump, DumpManifest, Encoding, StoredObject
-from p88backup.errors import NotFoundError, ObjectExistsError, VerifyError
+from p88backup.errors import NotFoundError, ObjectExistsError, StorageError, VerifyError
 from p88backup.storage import open_storage
 
 T0 = datetime(2026, 11, 27, 2, 15, 0, tzinfo=UTC)
@@ -83,8 +84,65 @@ def test_only_backups_with_a_manifest_are_listed(catalog: Catalog) -> None:
 
 def test_manifest_is_create_only(catalog: Catalog) -> None:
     catalog.write(manifest("20261127T021500Z", T0))
+    # the same bytes again: an earlier attempt landed and its answer was lost -> success
+    catalog.write(manifest("20261127T021500Z", T0))
+    other = manifest("20261127T021500Z", T0 + timedelta(seconds=1))
     with pytest.raises(ObjectExistsError):
-        catalog.write(manifest("20261127T021500Z", T0))
+        catalog.write(other)
+    assert catalog.read("dump", "20261127T021500Z").finished_at == T0
+
+
+class LandsThenFails:
+    """A storage whose manifest put stores the object and then fails (a lost
+    answer, a failed directory fsync), and whose deletes can be made to fail."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.fail_deletes = inner, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def put(self, key: str, data: Any, *, overwrite: bool = True) -> Any:
+        info = self.inner.put(key, data, overwrite=overwrite)
+        if key.endswith(layout.MANIFEST):
+            raise StorageError(f"{key}: connection reset after the upload")
+        return info
+
+    def delete(self, key: str) -> None:
+        if self.fail_deletes:
+            raise StorageError("storage down")
+        self.inner.delete(key)
+
+    def delete_many(self, keys: Any) -> None:
+        for key in keys:
+            self.delete(key)
+
+
+def test_discard_takes_back_a_manifest_that_landed_before_its_write_failed() -> None:
+    storage = LandsThenFails(open_storage(f"memory://{uuid.uuid4().hex}"))
+    catalog = Catalog(storage)
+    m = manifest("20261127T021500Z", T0)
+    put_data = m.objects[0].key
+    storage.put(put_data, io.BytesIO(b"x"))
+    with pytest.raises(StorageError):
+        catalog.write(m)
+    assert catalog.ids("dump") == ["20261127T021500Z"]  # it landed
+    catalog.discard("dump", m.id, [put_data], manifest=True)
+    assert catalog.ids("dump") == [] and list(storage.list("")) == []
+
+
+def test_discard_keeps_the_objects_when_the_manifest_cannot_be_removed() -> None:
+    storage = LandsThenFails(open_storage(f"memory://{uuid.uuid4().hex}"))
+    catalog = Catalog(storage)
+    m = manifest("20261127T021500Z", T0)
+    storage.put(m.objects[0].key, io.BytesIO(b"x"))
+    with pytest.raises(StorageError):
+        catalog.write(m)
+    storage.fail_deletes = True
+    catalog.discard("dump", m.id, [m.objects[0].key], manifest=True)  # logs, does not raise
+    # never a listed backup whose objects are gone: both stay for expire to judge
+    assert catalog.ids("dump") == ["20261127T021500Z"]
+    assert storage.stat(m.objects[0].key).size == 1
 
 
 def test_resolve_errors(catalog: Catalog) -> None:
