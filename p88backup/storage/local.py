@@ -2,9 +2,9 @@
 
 A put writes a temporary file under ``<root>/.p88tmp/``, fsyncs it, moves it
 into place (``rename``, or ``link`` for create-only so that an existing object
-is never replaced), then fsyncs the directories up to the root. Killed mid-put, it leaves only
-a temporary file that is never listed; :meth:`LocalStorage.remove_stale_temp`
-clears those.
+is never replaced), then fsyncs the directories up to the root. Killed
+mid-put, it leaves only a temporary file that is never listed;
+:meth:`LocalStorage.reap_interrupted` clears those.
 """
 
 from __future__ import annotations
