@@ -65,7 +65,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -88,6 +88,7 @@ DB_NAME = "bench"
 BUCKET = "p88-bench"
 MARKER = "bench-data.json"
 MIB = 1024 * 1024
+T = TypeVar("T")
 
 # DESIGN §6
 LOCAL_LIMIT = 1.10
@@ -221,20 +222,7 @@ def load_notes(cluster: PgCluster, rows: int, workers: int) -> None:
 
 
 def run_pgbench_init(cluster: PgCluster, scale: int, log: Path) -> subprocess.Popen[bytes]:
-    argv = [
-        str(cluster.bindir / "pgbench"),
-        "-i",
-        "-q",
-        "-s",
-        str(scale),
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(cluster.port),
-        "-U",
-        "postgres",
-        DB_NAME,
-    ]
+    argv = cluster.client("pgbench", "-i", "-q", "-s", str(scale), DB_NAME)
     with log.open("wb") as fh:
         return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
 
@@ -592,7 +580,8 @@ class Verdict:
     ok: bool | None  # None: not measured
 
 
-def verdicts(results: list[CaseResult]) -> list[Verdict]:
+def case_verdicts(results: list[CaseResult], measure: str) -> list[Verdict]:
+    """One verdict per case with a limit: its ratio to its baseline case."""
     by_key = {r.case.key: r for r in results}
     out: list[Verdict] = []
     for r in results:
@@ -600,13 +589,18 @@ def verdicts(results: list[CaseResult]) -> list[Verdict]:
             x = ratio(r, by_key)
             out.append(
                 Verdict(
-                    f"{r.case.label} / {by_key[r.case.baseline or ''].case.label} (wall time)",
+                    f"{r.case.label} / {by_key[r.case.baseline or ''].case.label} ({measure})",
                     fmt(x, 0, 3, "x"),
                     f"<= {r.case.limit:.2f}x",
                     None if x is None else x <= r.case.limit,
                 )
             )
-    if "p88-s3" not in by_key:
+    return out
+
+
+def verdicts(results: list[CaseResult]) -> list[Verdict]:
+    out = case_verdicts(results, "wall time")
+    if not any(r.case.key == "p88-s3" for r in results):
         out.append(Verdict("p88 S3 / raw S3 (wall time): not measured (--s3 none)", "-", f"<= {S3_LIMIT:.2f}x", None))
     rss = [r.peak_rss_mb for r in results if r.peak_rss_mb is not None]
     peak = max(rss) if rss else None
@@ -676,17 +670,16 @@ its runs. Noise: few short runs on 2 shared cores; read the individual runs and 
 
 
 @contextmanager
-def workspace(opt: Options) -> Iterator[tuple[Path, Path]]:
-    """(work directory, cluster base). Removed at the end unless --keep; a --reuse cluster always stays."""
-    if opt.workdir:
-        opt.workdir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="p88-dump-bench-", dir=opt.workdir))
+def workspace(prefix: str, parent: Path | None, keep: bool) -> Iterator[Path]:
+    """A work directory under ``parent`` (default $TMPDIR), removed at the end unless ``keep``."""
+    if parent:
+        parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(work, 0o755)
-    pg_base = opt.reuse.resolve() if opt.reuse else work / "pg"
     try:
-        yield work, pg_base
+        yield work
     finally:
-        if opt.keep:
+        if keep:
             say(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
@@ -702,7 +695,8 @@ def start_s3(kind: str, work: Path, stack: ExitStack) -> S3Server | None:
 
 
 def run(opt: Options) -> int:
-    with workspace(opt) as (work, pg_base), ExitStack() as stack:
+    with workspace("p88-dump-bench-", opt.workdir, opt.keep) as work, ExitStack() as stack:
+        pg_base = opt.reuse.resolve() if opt.reuse else work / "pg"  # a --reuse cluster always stays
         logs = work / "logs"
         logs.mkdir()
         cluster = open_cluster(pg_base)
@@ -737,8 +731,8 @@ def run(opt: Options) -> int:
     return 1 if opt.check and missed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    opt = parse_args(argv)
+def run_timed(run: Callable[[T], int], opt: T) -> int:
+    """``run(opt)`` with its total time on stderr; a failed command aborts with exit 2."""
     t0 = time.monotonic()
     try:
         return run(opt)
@@ -747,6 +741,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         say(f"total time {time.monotonic() - t0:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_timed(run, parse_args(argv))
 
 
 if __name__ == "__main__":

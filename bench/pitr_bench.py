@@ -74,10 +74,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +92,7 @@ from bench.dump_bench import (  # noqa: E402
     Context,
     LocalDestination,
     Verdict,
+    case_verdicts,
     cpu_breakdown,
     describe_database,
     failure_report,
@@ -100,13 +100,14 @@ from bench.dump_bench import (  # noqa: E402
     loadavg,
     measure,
     postgres_pids,
-    ratio,
     results_table,
     run_pgbench_init,
+    run_timed,
     say,
     verdict_table,
+    workspace,
 )
-from bench.procstats import CommandFailed, RunStats, refresh_bytecode, run_measured  # noqa: E402
+from bench.procstats import RunStats, refresh_bytecode, run_measured  # noqa: E402
 from tests.harness.postgres import PgCluster  # noqa: E402
 from tests.harness.procs import make_traversable, service_user, stop_process  # noqa: E402
 
@@ -301,22 +302,9 @@ def build_cluster(base: Path, scale: int, logs: Path) -> PgCluster:
 
 
 def start_pgbench(cluster: PgCluster, seconds: int, log: Path, pgoptions: str = "") -> subprocess.Popen[bytes]:
-    argv = [
-        str(cluster.bindir / "pgbench"),
-        "-c",
-        str(PGBENCH_CLIENTS),
-        "-j",
-        str(PGBENCH_CLIENTS),
-        "-T",
-        str(seconds),
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(cluster.port),
-        "-U",
-        "postgres",
-        DB_NAME,
-    ]
+    argv = cluster.client(
+        "pgbench", "-c", str(PGBENCH_CLIENTS), "-j", str(PGBENCH_CLIENTS), "-T", str(seconds), DB_NAME
+    )
     with log.open("wb") as fh:
         return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PGOPTIONS": pgoptions})
 
@@ -697,19 +685,7 @@ def backlog_verdict(runs: list[BacklogRun], tool: str, judged: bool) -> Verdict:
 
 
 def verdicts(results: list[CaseResult], pushes: PushResults, backlog: list[BacklogRun]) -> list[Verdict]:
-    by_key = {r.case.key: r for r in results}
-    out: list[Verdict] = []
-    for r in results:
-        if r.case.limit is not None:
-            x = ratio(r, by_key)
-            out.append(
-                Verdict(
-                    f"{r.case.label} / {by_key[r.case.baseline or ''].case.label} (median wall)",
-                    fmt(x, 0, 3, "x"),
-                    f"<= {r.case.limit:.2f}x",
-                    None if x is None else x <= r.case.limit,
-                )
-            )
+    out = case_verdicts(results, "median wall")
     x = push_p50_ratio(pushes)
     out.append(
         Verdict(
@@ -776,23 +752,6 @@ def print_report(
 # -- main -----------------------------------------------------------------------------------
 
 
-@contextmanager
-def workspace(opt: Options) -> Iterator[Path]:
-    """The work directory, removed at the end unless --keep."""
-    if opt.workdir:
-        opt.workdir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="p88-pitr-bench-", dir=opt.workdir))
-    os.chmod(work, 0o755)
-    make_traversable(work)
-    try:
-        yield work
-    finally:
-        if opt.keep:
-            say(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-
 def drop_inherited_settings() -> list[str]:
     """The server (and its archive_command) inherits our environment: no P88_* / PGBACKREST_* overrides."""
     names = [k for k in os.environ if k.startswith(("P88_", "PGBACKREST_"))]
@@ -824,7 +783,8 @@ def run(opt: Options) -> int:
     dropped = drop_inherited_settings()
     if dropped:
         say(f"ignoring inherited {', '.join(dropped)}")
-    with workspace(opt) as work, ExitStack() as stack:
+    with workspace("p88-pitr-bench-", opt.workdir, opt.keep) as work, ExitStack() as stack:
+        make_traversable(work)
         logs = work / "logs"
         logs.mkdir()
         cluster = build_cluster(work / "pg", opt.scale, logs)
@@ -840,15 +800,7 @@ def run(opt: Options) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    opt = parse_args(argv)
-    t0 = time.monotonic()
-    try:
-        return run(opt)
-    except CommandFailed as exc:
-        say(f"benchmark aborted: {exc}")
-        return 2
-    finally:
-        say(f"total time {time.monotonic() - t0:.0f} s")
+    return run_timed(run, parse_args(argv))
 
 
 if __name__ == "__main__":

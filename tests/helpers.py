@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,20 +114,7 @@ def table_checksums(pg: PgCluster, db: str) -> dict[str, str]:
 
 def amcheck(pg: PgCluster, db: str) -> None:
     r = subprocess.run(
-        [
-            str(pg.bindir / "pg_amcheck"),
-            "--heapallindexed",
-            "--install-missing",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(pg.port),
-            "-U",
-            "postgres",
-            db,
-        ],
-        capture_output=True,
-        text=True,
+        pg.client("pg_amcheck", "--heapallindexed", "--install-missing", db), capture_output=True, text=True
     )
     assert r.returncode == 0, f"pg_amcheck found problems in {db}:\n{r.stdout}\n{r.stderr}"
 
@@ -145,3 +133,49 @@ def create_roles(pg: PgCluster) -> None:
 def load_rich(pg: PgCluster, db: str) -> None:
     pg.sql(f'CREATE DATABASE "{db}"')
     pg.psql((REPO / "tests" / "data" / "rich_schema.sql").read_text(), db)
+
+
+def fake_manifest_fields(bid: str, when: datetime) -> dict[str, Any]:
+    """The fields every manifest has, with made-up server facts (catalog and expire tests)."""
+    from p88backup.catalog.models import Encoding
+
+    return {
+        "id": bid,
+        "started_at": when,
+        "finished_at": when,
+        "server_version": "16.4",
+        "server_version_num": 160004,
+        "tool_version": "16.4",
+        "p88backup_version": "0.1.0",
+        "encoding": Encoding(),
+    }
+
+
+def fake_dump_manifest(bid: str, when: datetime) -> Any:
+    """A dump of database p88 with one (not stored) object."""
+    from p88backup.catalog.models import DatabaseDump, DumpManifest, StoredObject
+
+    obj = StoredObject(key=f"dumps/{bid}/p88.pgdump.zst", size=1, sha256="0" * 64, raw_size=1)
+    return DumpManifest(
+        **fake_manifest_fields(bid, when),
+        snapshot_time=when,
+        databases=[DatabaseDump(name="p88", format="custom", objects=[obj])],
+    )
+
+
+def fake_basebackup_manifest(bid: str, when: datetime, start_wal: str) -> Any:
+    """A base backup on timeline 1 that needs WAL from ``start_wal`` only."""
+    from p88backup.catalog.models import BaseBackupManifest, StoredObject
+
+    obj = StoredObject(key=f"basebackups/{bid}/base.tar.zst", size=1, sha256="0" * 64, raw_size=1)
+    return BaseBackupManifest(
+        **fake_manifest_fields(bid, when),
+        timeline=1,
+        start_lsn="0/0",
+        stop_lsn="0/0",
+        start_wal=start_wal,
+        stop_wal=start_wal,
+        start_time=when,
+        stop_time=when,
+        files=[obj],
+    )

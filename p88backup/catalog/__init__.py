@@ -173,7 +173,44 @@ class Catalog:
                 extra={"p88": {"id": backup_id, "error": str(exc)}},
             )
 
+    def pending(self, kind: Kind, backup_id: str) -> PendingBackup:
+        """Track one run until its manifest is written (see :class:`PendingBackup`)."""
+        return PendingBackup(self, kind, backup_id)
+
     def delete(self, manifest: DumpManifest | BaseBackupManifest) -> None:
         """Manifest first, so a half-deleted backup is never listed as good."""
         self.storage.delete(layout.manifest_key(manifest.kind, manifest.id))
         self.storage.delete_many(o.key for o in manifest.objects)
+
+
+class PendingBackup:
+    """A run's stored objects until its manifest makes them a backup.
+
+    Use it as a context manager around the run: record each object once it
+    is stored (:meth:`stored`), write the manifest with :meth:`commit`. If
+    the block raises, what the run stored is taken back
+    (:meth:`Catalog.discard`), its manifest too if the write was attempted.
+    """
+
+    def __init__(self, catalog: Catalog, kind: Kind, backup_id: str) -> None:
+        self.catalog, self.kind, self.backup_id = catalog, kind, backup_id
+        self.keys: list[str] = []
+        self._manifest_sent = False
+
+    def stored(self, key: str) -> None:
+        """``key`` was stored by this run (a create-only refusal is not: it is someone else's)."""
+        self.keys.append(key)
+
+    def commit(self, manifest: DumpManifest | BaseBackupManifest) -> str:
+        self._manifest_sent = True
+        return self.catalog.write(manifest)
+
+    def __enter__(self) -> PendingBackup:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None:
+            return
+        # A manifest key holding another run's bytes is not ours to remove.
+        ours = self._manifest_sent and not issubclass(exc_type, ObjectExistsError)
+        self.catalog.discard(self.kind, self.backup_id, self.keys, manifest=ours)

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from p88backup.catalog import Catalog, layout
+from p88backup.catalog import Catalog, PendingBackup, layout
 from p88backup.catalog.models import BaseBackupManifest
 from p88backup.core import walnames
 from p88backup.core.common import ServerInfo, manifest_fields, server_info, store
 from p88backup.core.pgmanifest import parse_backup_label, parse_backup_manifest
 from p88backup.core.tarwalk import CaptureMembers, TarWalker
 from p88backup.core.wal import WalArchive
-from p88backup.errors import ObjectExistsError, PgToolError, VerifyError
+from p88backup.errors import PgToolError, VerifyError
 from p88backup.pg.conn import ConnInfo
 from p88backup.pg.proc import ToolOutput, ToolProcess
 from p88backup.pg.tools import client_for
@@ -72,8 +72,7 @@ class BaseBackupRunner:
         self.progress, self.clock, self.sleep = progress, clock, sleep
         self.catalog = Catalog(storage)
         self.archive = WalArchive(storage, codec)
-        self.written: list[str] = []
-        self._manifest_sent = False
+        self._pending: PendingBackup  # set by run()
 
     def run(self) -> BaseBackupManifest:
         started = self.clock()
@@ -85,14 +84,9 @@ class BaseBackupRunner:
         tool = client_for("pg_basebackup", info.major, self.opt.pg_bin_dir)
         bid = layout.backup_id(started, self.catalog.taken_ids("basebackup"))
         log.info("base backup started", extra={"p88": {"id": bid, "server": info.version, "storage": self.storage.url}})
-        try:
-            manifest = self._run(bid, tool.path, tool.version, info, started)
-        except BaseException as exc:
-            # A manifest key holding another run's bytes is not ours to remove.
-            ours = self._manifest_sent and not isinstance(exc, ObjectExistsError)
-            self.catalog.discard("basebackup", bid, self.written, manifest=ours)
-            raise
-        return manifest
+        self._pending = self.catalog.pending("basebackup", bid)
+        with self._pending:
+            return self._run(bid, tool.path, tool.version, info, started)
 
     def _run(
         self, bid: str, pg_basebackup: Path, tool_version: str, info: ServerInfo, started: datetime
@@ -113,7 +107,7 @@ class BaseBackupRunner:
         with ToolProcess(argv, env=self.ci.env(), what="pg_basebackup") as proc:
             out = ToolOutput(proc, progress=self.progress, tee=walker.feed, on_end=walker.finish)
             base = store(self.storage, key, out, self.codec)
-            self.written.append(key)  # only what this run stored
+            self._pending.stored(key)
         if "backup_label" not in capture.found or "backup_manifest" not in capture.found:
             raise PgToolError("pg_basebackup output lacks backup_label or backup_manifest (PostgreSQL 13+ needed)")
         label = parse_backup_label(bytes(capture.found["backup_label"]))
@@ -122,7 +116,7 @@ class BaseBackupRunner:
             raise PgToolError("the cluster has tablespaces; p88backup base backups support the main one only")
         man_key = f"{layout.backup_dir('basebackup', bid)}backup_manifest{self.codec.suffix}"
         man_obj = store(self.storage, man_key, io.BytesIO(bytes(capture.found["backup_manifest"])), self.codec)
-        self.written.append(man_key)
+        self._pending.stored(man_key)
         stop_time = self.clock()
         end_tli, end_lsn = pgman.end_timeline, pgman.end_lsn
         segments = needed_segments(label.start_segment, end_tli, end_lsn)
@@ -140,8 +134,7 @@ class BaseBackupRunner:
             files=[base],
             backup_manifest=man_obj,
         )
-        self._manifest_sent = True
-        self.catalog.write(manifest)
+        self._pending.commit(manifest)
         log.info(
             "base backup finished",
             extra={

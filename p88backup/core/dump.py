@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from p88backup.catalog import Catalog, layout
+from p88backup.catalog import Catalog, PendingBackup, layout
 from p88backup.catalog.models import DatabaseDump, DumpManifest, StoredObject
 from p88backup.core.common import ServerInfo, manifest_fields, server_info, store
-from p88backup.errors import DatabaseError, ObjectExistsError, PgToolError
+from p88backup.errors import DatabaseError, PgToolError
 from p88backup.pg.conn import ConnInfo, first_line
 from p88backup.pg.proc import ToolOutput, ToolProcess
 from p88backup.pg.tools import Tool, client_for
@@ -113,7 +113,7 @@ class Dumper:
         self.ci, self.storage, self.codec, self.opt = ci, storage, codec, options
         self.progress, self.clock = progress, clock
         self.catalog = Catalog(storage)
-        self.written: list[str] = []
+        self._pending: PendingBackup  # set by run()
         self._warm: threading.Thread | None = None
 
     def run(self) -> DumpManifest:
@@ -136,8 +136,8 @@ class Dumper:
                 }
             },
         )
-        manifest_sent = False
-        try:
+        self._pending = self.catalog.pending("dump", bid)
+        with self._pending:
             dbs, snapshot_time = [], None
             for name in names:
                 db, snap_time = self._dump_database(pg_dump, bid, name)
@@ -152,13 +152,7 @@ class Dumper:
                 databases=dbs,
                 globals=glob,
             )
-            manifest_sent = True
-            self.catalog.write(manifest)
-        except BaseException as exc:
-            # A manifest key holding another run's bytes is not ours to remove.
-            ours = manifest_sent and not isinstance(exc, ObjectExistsError)
-            self.catalog.discard("dump", bid, self.written, manifest=ours)
-            raise
+            self._pending.commit(manifest)
         return manifest
 
     def _check_databases(self, conn: Any, names: list[str]) -> None:
@@ -175,7 +169,7 @@ class Dumper:
             self._warm = threading.Thread(target=warm_up, name="warm-up", daemon=True)
             self._warm.start()
         obj = store(self.storage, key, src, self.codec)
-        self.written.append(key)  # only what this run stored: a create-only refusal is not ours to remove
+        self._pending.stored(key)
         return obj
 
     def _dump_database(self, pg_dump: Tool, bid: str, name: str) -> tuple[DatabaseDump, datetime]:

@@ -334,15 +334,8 @@ class PitrRestorer:
             os.chown(logfile, pw.pw_uid, pw.pw_gid)
         result.started, result.port, result.log_file = True, self.opt.port, str(logfile)
         env = dict(self.opt.server_env if self.opt.server_env is not None else os.environ)
-        r = subprocess.run(
-            [str(pg_ctl.path), "-D", str(d), "-l", str(logfile), "-w", "-t", str(int(self.opt.timeout)), "start"],
-            capture_output=True,
-            text=True,
-            env=env,
-            user=owner,
-            group=owner,
-            extra_groups=[] if owner else None,
-            cwd="/",
+        r = _pg_ctl(
+            pg_ctl.path, owner, env, "-D", str(d), "-l", str(logfile), "-w", "-t", str(int(self.opt.timeout)), "start"
         )
         if r.returncode != 0:
             raise PitrTargetError(
@@ -388,16 +381,7 @@ class PitrRestorer:
         """Shut the promoted server down (checkpoint) and drop the trial-start settings,
         so the data directory is ready for the real server (e.g. the db container)."""
         d = self.opt.target_dir
-        r = subprocess.run(
-            [str(pg_ctl), "-D", str(d), "-m", "fast", "-w", "stop"],
-            capture_output=True,
-            text=True,
-            env=env,
-            user=owner,
-            group=owner,
-            extra_groups=[] if owner else None,
-            cwd="/",
-        )
+        r = _pg_ctl(pg_ctl, owner, env, "-D", str(d), "-m", "fast", "-w", "stop")
         if r.returncode != 0:
             raise PitrTargetError(f"the restored server did not stop cleanly: {r.stderr.strip()}")
         conf = d / "postgresql.auto.conf"
@@ -453,3 +437,17 @@ def create_restore_point(
     except ObjectExistsError:
         raise ConflictError(f"restore point {name!r} already exists") from None
     return record
+
+
+def _pg_ctl(pg_ctl: Path, owner: str | None, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run pg_ctl as the data directory's owner (when we are root: the server refuses to run as root)."""
+    return subprocess.run(
+        [str(pg_ctl), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        user=owner,
+        group=owner,
+        extra_groups=[] if owner else None,
+        cwd="/",
+    )

@@ -172,12 +172,12 @@ class PgCluster:
         self.stop("immediate")
         shutil.rmtree(self.datadir, ignore_errors=True)
 
+    def client(self, tool: str, *args: str, host: str = "127.0.0.1", port: int | None = None) -> list[str]:
+        """argv of a client program of this cluster's version, connecting as ``postgres``."""
+        return [str(self.bindir / tool), "-h", host, "-p", str(port or self.port), "-U", "postgres", *args]
+
     def is_ready(self) -> bool:
-        r = subprocess.run(
-            [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q"],
-            check=False,
-        )
-        return r.returncode == 0
+        return subprocess.run(self.client("pg_isready", "-q"), check=False).returncode == 0
 
     def set(self, **settings: str) -> None:
         """ALTER SYSTEM + reload (use restart() for settings that need one)."""

@@ -39,23 +39,7 @@ def dumpall(pg: PgCluster, port: int | None = None) -> str:
 
 def psql_at(pg: PgCluster, port: int, sql: str, db: str = "app") -> str:
     r = subprocess.run(
-        [
-            str(pg.bindir / "psql"),
-            "-X",
-            "-At",
-            "-h",
-            "localhost",
-            "-p",
-            str(port),
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-c",
-            sql,
-        ],
-        capture_output=True,
-        text=True,
+        pg.client("psql", "-X", "-At", "-d", db, "-c", sql, host="localhost", port=port), capture_output=True, text=True
     )
     return r.stdout.strip() if r.returncode == 0 else f"ERROR: {r.stderr.strip()}"
 
@@ -156,43 +140,12 @@ class Story:
 def write_story(arch: Archived) -> Story:
     pg = arch.pg
     pg.sql("CREATE DATABASE app")
-    subprocess.run(
-        [
-            str(pg.bindir / "pgbench"),
-            "-i",
-            "-s",
-            "2",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(pg.port),
-            "-U",
-            "postgres",
-            "app",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    subprocess.run(pg.client("pgbench", "-i", "-s", "2", "-q", "app"), check=True, capture_output=True)
     pg.sql("CREATE TABLE important (id int PRIMARY KEY, what text)", "app")
     pg.sql("CREATE TABLE doomed (id int PRIMARY KEY)", "app")
     pg.sql("INSERT INTO doomed SELECT generate_series(1, 100)", "app")
     load = subprocess.Popen(
-        [
-            str(pg.bindir / "pgbench"),
-            "-c",
-            "2",
-            "-T",
-            "60",
-            "-n",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(pg.port),
-            "-U",
-            "postgres",
-            "app",
-        ],
+        pg.client("pgbench", "-c", "2", "-T", "60", "-n", "app"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -42,6 +42,14 @@ def make_table(pg: PgCluster, db: str, rows: int) -> None:
     )
 
 
+def fresh(pg: PgCluster, db: str, url: str, tmp: Path, rows: int) -> tuple[dict[str, str], OpenSearch]:
+    """A documents table of ``rows``, its reindex config, and a node without any documents* index."""
+    make_table(pg, db, rows)
+    client = OpenSearch(hosts=[url], timeout=60)
+    client.indices.delete(index="documents*", params={"expand_wildcards": "all"}, ignore=[404])
+    return config(tmp, pg, db, url), client
+
+
 def config(tmp: Path, pg: PgCluster, db: str, url: str, settings: dict | None = None) -> dict[str, str]:
     (tmp / "documents.mappings.json").write_text(json.dumps(MAPPINGS))
     extra = ""
@@ -95,10 +103,7 @@ class SearchLoop(threading.Thread):
 def test_full_rebuild_of_a_million_rows_without_downtime(
     pg: PgCluster, opensearch: str, tmp_path: Path, db: str
 ) -> None:
-    make_table(pg, db, 1_000_000)
-    env = config(tmp_path, pg, db, opensearch)
-    client = OpenSearch(hosts=[opensearch], timeout=60)
-    client.indices.delete(index="documents*", params={"expand_wildcards": "all"}, ignore=[404])
+    env, client = fresh(pg, db, opensearch, tmp_path, 1_000_000)
 
     plan = json_out(run_cli(["reindex", "--dry-run", "--json"], env))
     assert plan["rows"] == 1_000_000 and plan["dry_run"] and client.indices.exists(index=plan["index"]) is False
@@ -123,10 +128,7 @@ def test_full_rebuild_of_a_million_rows_without_downtime(
 
 
 def test_first_run_migrates_a_plain_index_safely(pg: PgCluster, opensearch: str, tmp_path: Path, db: str) -> None:
-    make_table(pg, db, 20_000)
-    env = config(tmp_path, pg, db, opensearch)
-    client = OpenSearch(hosts=[opensearch], timeout=60)
-    client.indices.delete(index="documents*", params={"expand_wildcards": "all"}, ignore=[404])
+    env, client = fresh(pg, db, opensearch, tmp_path, 20_000)
     client.indices.create(index="documents", body={"mappings": MAPPINGS})  # what the app made before p88backup
     client.index(index="documents", id="4242", body={"title": "old needle"}, refresh=True)
     loop = SearchLoop(opensearch)
@@ -150,10 +152,7 @@ def test_first_run_migrates_a_plain_index_safely(pg: PgCluster, opensearch: str,
 
 
 def test_a_bad_row_fails_the_run_and_leaves_the_alias(pg: PgCluster, opensearch: str, tmp_path: Path, db: str) -> None:
-    make_table(pg, db, 20_000)
-    env = config(tmp_path, pg, db, opensearch)
-    client = OpenSearch(hosts=[opensearch], timeout=60)
-    client.indices.delete(index="documents*", params={"expand_wildcards": "all"}, ignore=[404])
+    env, client = fresh(pg, db, opensearch, tmp_path, 20_000)
     good = json_out(run_cli(["reindex", "--json"], env))
     # a string where the mapping says long: this query makes row 777's n "not a number"
     cfg = Path(env["P88_CONFIG"])
@@ -173,10 +172,7 @@ def test_a_bad_row_fails_the_run_and_leaves_the_alias(pg: PgCluster, opensearch:
 
 
 def test_since_upserts_changed_rows_and_rollback(pg: PgCluster, opensearch: str, tmp_path: Path, db: str) -> None:
-    make_table(pg, db, 20_000)
-    env = config(tmp_path, pg, db, opensearch)
-    client = OpenSearch(hosts=[opensearch], timeout=60)
-    client.indices.delete(index="documents*", params={"expand_wildcards": "all"}, ignore=[404])
+    env, client = fresh(pg, db, opensearch, tmp_path, 20_000)
     first = json_out(run_cli(["reindex", "--json"], env))
     second = json_out(run_cli(["reindex", "--json"], env))
     cut = datetime.now(UTC)

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from p88backup.catalog import Catalog, layout
-from p88backup.catalog.models import DatabaseDump, DumpManifest, Encoding, StoredObject
 from p88backup.errors import NotFoundError, ObjectExistsError, StorageError, VerifyError
 from p88backup.storage import open_storage
+from tests.helpers import fake_dump_manifest as manifest
 
 T0 = datetime(2026, 11, 27, 2, 15, 0, tzinfo=UTC)
 
@@ -47,22 +47,6 @@ def test_parse_manifest_key() -> None:
     )
     for bad in ("dumps/20261127T021500Z/x.json", "dumps/garbage/manifest.json", "other/20261127T021500Z/manifest.json"):
         assert layout.parse_manifest_key(bad) is None
-
-
-def manifest(bid: str, when: datetime) -> DumpManifest:
-    obj = StoredObject(key=f"dumps/{bid}/p88.pgdump.zst", size=1, sha256="0" * 64, raw_size=1)
-    return DumpManifest(
-        id=bid,
-        started_at=when,
-        finished_at=when,
-        server_version="16.4",
-        server_version_num=160004,
-        tool_version="16.4",
-        p88backup_version="0.1.0",
-        encoding=Encoding(),
-        snapshot_time=when,
-        databases=[DatabaseDump(name="p88", format="custom", objects=[obj])],
-    )
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from p88backup.core.expire import Expirer
 from p88backup.core.retention import GfsPolicy
 from p88backup.locks import job_lock
 from p88backup.storage import open_storage
-from tests.unit.test_catalog import manifest
+from tests.helpers import fake_basebackup_manifest as basebackup
+from tests.helpers import fake_dump_manifest as manifest
 
 NOW = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
 
@@ -69,30 +70,6 @@ def test_orphans_go_after_grace_unless_a_run_is_in_progress(tmp_path: Path) -> N
     assert [o.id for o in plan.orphans] == [old]
     expirer.apply(plan)
     assert not (store / "dumps" / old).exists() and (store / "dumps" / new).exists()
-
-
-def basebackup(bid: str, when: datetime, start_wal: str):  # type: ignore[no-untyped-def]
-    from p88backup.catalog.models import BaseBackupManifest, Encoding, StoredObject
-
-    obj = StoredObject(key=f"basebackups/{bid}/base.tar.zst", size=1, sha256="0" * 64, raw_size=1)
-    return BaseBackupManifest(
-        id=bid,
-        started_at=when,
-        finished_at=when,
-        server_version="16.4",
-        server_version_num=160004,
-        tool_version="16.4",
-        p88backup_version="0.1.0",
-        encoding=Encoding(),
-        timeline=1,
-        start_lsn="0/0",
-        stop_lsn="0/0",
-        start_wal=start_wal,
-        stop_wal=start_wal,
-        start_time=when,
-        stop_time=when,
-        files=[obj],
-    )
 
 
 def test_base_backups_and_the_wal_only_they_need(tmp_path: Path) -> None:
