@@ -436,3 +436,27 @@ def decode(src: Readable, codec: Codec, *, encrypted: bool) -> Readable:
     if encrypted:
         src = age_decrypt(src, codec.identities())
     return ZstdDecodeReader(src)
+
+
+def make_codec(
+    *,
+    level: int = 3,
+    threads: int = 0,
+    recipients: list[str] | None = None,
+    recipients_file: Path | None = None,
+    identity_file: Path | None = None,
+) -> Codec:
+    """A codec for writing (recipients) and reading (identity file).
+
+    Encryption is on exactly when recipients are configured; we never make
+    up a key. Recipients are parsed here so a typo fails before any work.
+    """
+    keys = [k.strip() for k in recipients or [] if k.strip()]
+    if recipients_file is not None:
+        try:
+            lines = recipients_file.read_text().splitlines()
+        except OSError as exc:
+            raise CryptoError(f"cannot read age recipients file {recipients_file}: {exc.strerror}") from None
+        keys.extend(k.strip() for k in lines if k.strip() and not k.strip().startswith("#"))
+    parse_recipients(keys)
+    return Codec(level=level, threads=threads, recipient_keys=keys, identity_file=identity_file)

@@ -140,10 +140,10 @@ def main(argv: list[str]) -> int:
 
 
 def _open_archive(config_file: Path | None):  # type: ignore[no-untyped-def]
-    from p88backup.core.codecs import make_codec
-    from p88backup.core.wal import WalArchive
+    from p88backup.core.wal.archive import WalArchive
     from p88backup.rawconfig import load_archive_config
     from p88backup.storage import open_storage
+    from p88backup.stream import make_codec
 
     cfg = load_archive_config(config_file)
     codec = make_codec(

@@ -18,8 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.harness.helpers import table_checksums  # noqa: E402
 from tests.harness.postgres import PgCluster  # noqa: E402
-from tests.helpers import table_checksums  # noqa: E402
 
 SAMPLE = """
 CREATE TABLE customers (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL,

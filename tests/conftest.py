@@ -8,24 +8,15 @@ it are skipped on a developer machine, but fail under ``CI=true``.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness import procs
+from tests.harness.helpers import new_bucket, unavailable
 from tests.harness.postgres import PgCluster
 from tests.harness.s3 import S3Server, start_minio, start_moto
-
-
-def unavailable(what: str, exc: BaseException | str) -> None:
-    """Fail under CI, skip elsewhere: a missing service is never silently OK in CI."""
-    message = f"{what} unavailable: {exc}"
-    if procs.ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -123,10 +114,6 @@ def minio(services_dir: Path) -> Iterator[S3Server]:
 @pytest.fixture
 def s3_servers(request: pytest.FixtureRequest) -> Callable[[str], S3Server]:
     return lambda kind: request.getfixturevalue(kind)
-
-
-def new_bucket(server: S3Server) -> str:
-    return server.create_bucket(f"p88-{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture

@@ -7,9 +7,14 @@
     dumps/<id>/<db>.pgdump.zst[.age]       pg_dump custom format
     dumps/<id>/<db>.dir/<file>.zst[.age]   pg_dump directory format, file by file
     basebackups/<id>/manifest.json
-    basebackups/<id>/base.tar.zst[.age]    pg_basebackup tar (+ <oid>.tar for tablespaces)
+    basebackups/<id>/base.tar.zst[.age]    pg_basebackup tar
+    basebackups/<id>/backup_manifest.zst[.age]  PostgreSQL's backup_manifest, also on its own
     wal/<timeline>/<segment>.zst[.age]     archived WAL, one object per file
     restorepoints/<name>.json              restore points (LSN, time) for --pitr name:
+
+Every key p88backup writes is built here. Standard library only, and
+``urllib`` only when a name needs encoding: the archive fast path
+(``wal-push``, once per WAL segment) builds its keys here too.
 
 Backup ids are UTC timestamps, ``20261127T021500Z``: they sort by time and a
 person can read them. Two backups in the same second get ``-01``, ``-02``.
@@ -20,9 +25,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from typing import Literal
-from urllib.parse import quote, unquote
 
 Kind = Literal["dump", "basebackup"]
+WAL_PREFIX = "wal/"
+WAL_SUFFIXES = (".zst", ".zst.age")
 KIND_DIRS: dict[str, str] = {"dump": "dumps", "basebackup": "basebackups"}
 MANIFEST = "manifest.json"
 ID_RE = re.compile(r"^\d{8}T\d{6}Z(-\d{2})?$")
@@ -70,10 +76,14 @@ def parse_manifest_key(key: str) -> tuple[Kind, str] | None:
 
 def db_slug(name: str) -> str:
     """Database names may hold any character; keys may not. Percent-encode."""
+    from urllib.parse import quote
+
     return quote(name, safe="").replace("%", "=") or "="
 
 
 def db_from_slug(slug: str) -> str:
+    from urllib.parse import unquote
+
     return unquote(slug.replace("=", "%"))
 
 
@@ -91,3 +101,26 @@ def globals_key(bid: str, suffix: str) -> str:
 
 def restore_point_key(name: str) -> str:
     return f"restorepoints/{db_slug(name)}.json"
+
+
+def base_tar_key(bid: str, suffix: str) -> str:
+    return f"{backup_dir('basebackup', bid)}base.tar{suffix}"
+
+
+def backup_manifest_key(bid: str, suffix: str) -> str:
+    """PostgreSQL's own ``backup_manifest`` of a base backup, stored beside its tar."""
+    return f"{backup_dir('basebackup', bid)}backup_manifest{suffix}"
+
+
+def wal_key(name: str, suffix: str) -> str:
+    """``wal/<timeline>/<name><suffix>`` for a WAL archive file name (segment, history, ...)."""
+    return f"{WAL_PREFIX}{name[:8]}/{name}{suffix}"
+
+
+def wal_name_of_key(key: str) -> str | None:
+    """The WAL file name a key under ``wal/`` stores, or None for anything else."""
+    base = key.rsplit("/", 1)[-1]
+    for suffix in sorted(WAL_SUFFIXES, key=len, reverse=True):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return None

@@ -8,9 +8,13 @@ secrets: recipients are public keys, URLs are never stored.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from p88backup.pg.conn import ServerInfo
+    from p88backup.stream import Codec
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -126,3 +130,27 @@ def warm_up() -> None:
     """Build the manifest validators now (e.g. in a thread while data streams)."""
     for model in (StoredObject, Encoding, DatabaseDump, DumpManifest, BaseBackupManifest):
         model.model_rebuild()
+
+
+def manifest_fields(
+    bid: str, started: datetime, finished: datetime, info: ServerInfo, tool_version: str, codec: Codec
+) -> dict[str, Any]:
+    """The fields every manifest has (:class:`_ManifestBase`), for dumps and base backups alike."""
+    import socket
+
+    from p88backup import __version__
+
+    return {
+        "id": bid,
+        "started_at": started,
+        "finished_at": finished,
+        "server_version": info.version,
+        "server_version_num": info.version_num,
+        "system_identifier": info.system_identifier,
+        "tool_version": tool_version,
+        "p88backup_version": __version__,
+        "encoding": Encoding(
+            level=codec.level, encryption="age" if codec.encrypted else None, recipients=list(codec.recipient_keys)
+        ),
+        "host": socket.gethostname(),
+    }

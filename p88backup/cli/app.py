@@ -53,7 +53,7 @@ class App:
 
     @property
     def codec(self) -> Codec:
-        from p88backup.core.codecs import make_codec
+        from p88backup.stream import make_codec
 
         s = self.settings
         return make_codec(

@@ -64,7 +64,7 @@ def dump_cmd(
       p88backup dump --database p88 --database p88_audit
       p88backup dump --format directory --jobs 4
     """
-    from p88backup.core.dump import Dumper, DumpOptions
+    from p88backup.core.logical.dump import Dumper, DumpOptions
     from p88backup.locks import job_lock
 
     s = app.settings
@@ -124,8 +124,8 @@ def verify_cmd(app: App, backup: str, kind: str, as_json: bool) -> None:
     age authentication) and runs pg_restore --list on dump archives. Exits 6
     naming each bad object.
     """
-    from p88backup.catalog import Catalog
-    from p88backup.core.verify import Verifier
+    from p88backup.catalog.backups import Catalog
+    from p88backup.core.logical.verify import Verifier
     from p88backup.errors import VerifyError
 
     manifest = Catalog(app.storage).resolve(kind, backup)  # type: ignore[arg-type]
@@ -168,7 +168,7 @@ def basebackup_cmd(app: App, wal_timeout: float, as_json: bool, wait: float) -> 
     p88backup wal-stream), so every listed base backup is restorable.
     """
     from p88backup.cli.catalog import backup_row
-    from p88backup.core.basebackup import BaseBackupOptions, BaseBackupRunner
+    from p88backup.core.pitr.basebackup import BaseBackupOptions, BaseBackupRunner
     from p88backup.locks import job_lock
 
     s = app.settings

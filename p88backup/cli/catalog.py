@@ -46,7 +46,7 @@ def backup_row(m: object) -> dict[str, object]:
 @pass_app
 def list_cmd(app: App, kind: str, as_json: bool) -> None:
     """List complete backups, oldest first. Incomplete runs are never listed."""
-    from p88backup.catalog import Catalog
+    from p88backup.catalog.backups import Catalog
     from p88backup.catalog.models import DumpManifest
 
     catalog = Catalog(app.storage)
@@ -83,7 +83,7 @@ def list_cmd(app: App, kind: str, as_json: bool) -> None:
 @pass_app
 def status_cmd(app: App, as_json: bool) -> None:
     """How recoverable are we right now: newest backup of each kind and its age."""
-    from p88backup.catalog import Catalog
+    from p88backup.catalog.backups import Catalog
     from p88backup.catalog.layout import Kind
 
     now = datetime.now(UTC)

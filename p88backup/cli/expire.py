@@ -29,9 +29,9 @@ def expire_cmd(app: App, dry_run: bool, as_json: bool, wait: float) -> None:
     base backup needs it. The newest good backup of each kind is never
     deleted. Incomplete runs older than retention.orphan_grace_hours go too.
     """
-    from p88backup.core.expire import BaseBackupPolicy, Expirer
-    from p88backup.core.retention import GfsPolicy
-    from p88backup.core.wal import WalArchive
+    from p88backup.core.retention.expire import Expirer
+    from p88backup.core.retention.policy import BaseBackupPolicy, GfsPolicy
+    from p88backup.core.wal.archive import WalArchive
     from p88backup.locks import job_lock
 
     s = app.settings

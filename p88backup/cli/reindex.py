@@ -56,10 +56,10 @@ def reindex_cmd(
     --since upserts changed rows only; rows deleted from PostgreSQL stay in
     the index until the next full rebuild (or use a soft-delete column).
     """
-    from p88backup.core.reindex import IndexDefinition, Reindexer, ReindexOptions, parse_since
-    from p88backup.core.search import Search
     from p88backup.errors import ConfigError
     from p88backup.locks import job_lock
+    from p88backup.search.client import Search
+    from p88backup.search.reindex import IndexDefinition, Reindexer, ReindexOptions, parse_since
 
     s = app.settings
     if not s.opensearch_url:
@@ -100,7 +100,7 @@ def reindex_cmd(
 
 
 def _describe(r: object) -> str:
-    from p88backup.core.reindex import ReindexResult
+    from p88backup.search.reindex import ReindexResult
 
     assert isinstance(r, ReindexResult)
     if r.mode == "rollback":

@@ -17,7 +17,7 @@ from p88backup.cli import render
 from p88backup.cli.app import App, pass_app
 
 if TYPE_CHECKING:
-    from p88backup.core.pitr import PitrOptions
+    from p88backup.core.pitr.restore import PitrOptions
 
 log = logging.getLogger("p88backup")
 
@@ -157,8 +157,8 @@ def restore_cmd(
             raise click.UsageError("--pitr needs --target-dir DIR")
         if stop and not start:
             raise click.UsageError("--stop goes with --start")
-        from p88backup.core.pitr import PitrOptions
-        from p88backup.core.pitrplan import parse_target
+        from p88backup.core.pitr.plan import parse_target
+        from p88backup.core.pitr.restore import PitrOptions
 
         port_chosen = start and port is None
         pitr_options = PitrOptions(
@@ -182,9 +182,9 @@ def restore_cmd(
         )
         _restore_pitr(app, pitr_options, as_json)
         return
-    from p88backup.catalog import Catalog
+    from p88backup.catalog.backups import Catalog
     from p88backup.catalog.models import DumpManifest
-    from p88backup.core.restore_dump import DumpRestorer, RestoreOptions
+    from p88backup.core.logical.restore import DumpRestorer, RestoreOptions
 
     if not dump_ref:
         raise click.UsageError("say what to restore: --dump ID|latest or --pitr TARGET")
@@ -236,7 +236,7 @@ def free_port() -> int:
 def _restore_pitr(app: App, options: PitrOptions, as_json: bool) -> None:
     from dataclasses import asdict
 
-    from p88backup.core.pitr import PitrRestorer
+    from p88backup.core.pitr.restore import PitrRestorer
     from p88backup.errors import ConfigError
 
     conninfo = None  # only --start connects (to the restored server), with the configured credentials

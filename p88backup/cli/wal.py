@@ -60,8 +60,8 @@ def wal_stream_cmd(app: App, spool: Path | None, slot: str | None, poll: float) 
     import signal
     import threading
 
-    from p88backup.core.wal import WalArchive
-    from p88backup.core.walstream import WalStreamer
+    from p88backup.core.wal.archive import WalArchive
+    from p88backup.core.wal.stream import WalStreamer
     from p88backup.locks import job_lock
 
     s = app.settings
@@ -90,10 +90,10 @@ def wal_verify_cmd(app: App, as_json: bool) -> None:
     Lists timelines (and where each branched) and exits 6 if any base backup
     cannot be rolled forward to the newest archived WAL.
     """
-    from p88backup.catalog import Catalog
+    from p88backup.catalog.backups import Catalog
     from p88backup.cli import render
-    from p88backup.core.wal import WalArchive
-    from p88backup.core.walverify import verify_wal
+    from p88backup.core.wal.archive import WalArchive
+    from p88backup.core.wal.verify import verify_wal
     from p88backup.errors import VerifyError
 
     report = verify_wal(Catalog(app.storage), WalArchive(app.storage, app.codec))
@@ -128,7 +128,7 @@ def restore_point_cmd(app: App, name: str, as_json: bool) -> None:
     backup.
     """
     from p88backup.cli import render
-    from p88backup.core.pitr import create_restore_point
+    from p88backup.core.wal.restorepoints import create_restore_point
 
     record = create_restore_point(app.conninfo, app.storage, name)
     if as_json:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from p88backup.errors import ConfigError, DatabaseError
+from p88backup.pg.tools import major_of
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,30 @@ class ConnInfo:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+@dataclass
+class ServerInfo:
+    """What every backup records about the server it came from."""
+
+    version: str
+    version_num: int
+    system_identifier: str | None
+    superuser: bool
+
+    @property
+    def major(self) -> int:
+        return major_of(self.version_num)
+
+
+def server_info(conn: Any) -> ServerInfo:
+    row = conn.execute(
+        "SELECT current_setting('server_version'), current_setting('server_version_num')::int,"
+        " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+    ).fetchone()
+    sysid: str | None = None
+    try:
+        sysid = str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+    except Exception:  # needs privileges we may not have; it is only informational
+        pass
+    return ServerInfo(row[0].split()[0], row[1], sysid, bool(row[2]))

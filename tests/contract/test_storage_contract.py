@@ -18,7 +18,7 @@ import pytest
 
 from p88backup.errors import ObjectExistsError, ObjectNotFoundError, StorageError
 from p88backup.storage import Storage, open_storage
-from tests.conftest import new_bucket
+from tests.harness.helpers import new_bucket
 
 BACKENDS = ["memory", "local", "moto", "minio"]
 PERSISTENT_BACKENDS = BACKENDS[1:]

@@ -17,9 +17,9 @@ import pytest
 
 from p88backup.errors import ExitCode
 from p88backup.locks import job_lock
+from tests.harness.helpers import REPO, cli_env, json_out, ok, run_cli
 from tests.harness.postgres import PgCluster
 from tests.harness.s3 import S3Server, start_minio
-from tests.helpers import REPO, cli_env, json_out, ok, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -304,12 +304,12 @@ def test_second_dump_is_locked_out(bigdb: PgCluster, tmp_path: Path) -> None:
 def test_manifest_write_that_lands_then_fails_leaves_no_listed_backup(pg: PgCluster, tmp_path: Path) -> None:
     """The manifest PUT reaches storage but the answer is lost: the dump fails, and
     its cleanup must not leave a listed backup whose objects it deleted."""
-    from p88backup.catalog import Catalog, layout
-    from p88backup.core.codecs import make_codec
-    from p88backup.core.dump import Dumper, DumpOptions
+    from p88backup.catalog.backups import Catalog, layout
+    from p88backup.core.logical.dump import Dumper, DumpOptions
     from p88backup.errors import StorageError
     from p88backup.pg.conn import ConnInfo
     from p88backup.storage.local import LocalStorage
+    from p88backup.stream import make_codec
 
     class ManifestAnswerLost(LocalStorage):
         def put(self, key, data, *, overwrite=True):  # type: ignore[no-untyped-def]

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from p88backup.errors import ExitCode
-from tests.harness.postgres import PgCluster
-from tests.helpers import (
+from tests.harness.helpers import (
     amcheck,
     cli_env,
     create_roles,
@@ -27,6 +26,7 @@ from tests.helpers import (
     schema_dump,
     table_checksums,
 )
+from tests.harness.postgres import PgCluster
 
 SOURCE_DB = "rich ünï"
 

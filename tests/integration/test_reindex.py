@@ -13,11 +13,10 @@ import pytest
 from opensearchpy import OpenSearch
 
 from p88backup.errors import ExitCode
-from tests.conftest import unavailable
 from tests.harness import opensearch_node
+from tests.harness.helpers import cli_env, json_out, run_cli, unavailable
 from tests.harness.postgres import PgCluster
 from tests.harness.procs import free_port
-from tests.helpers import cli_env, json_out, run_cli
 
 MAPPINGS = {
     "properties": {
@@ -228,7 +227,7 @@ def test_node_stopped_mid_load_fails_cleanly_and_rerun_succeeds(
     import subprocess
     import sys
 
-    from tests.helpers import REPO
+    from tests.harness.helpers import REPO
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "p88backup", "--log-format", "json", "reindex", "--chunk-mb", "1"],

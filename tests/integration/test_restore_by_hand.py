@@ -7,10 +7,10 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.harness.archiving import make_archived
+from tests.harness.helpers import json_out, ok
 from tests.harness.postgres import PgCluster
 from tests.harness.procs import free_port, service_user
-from tests.helpers import json_out, ok
-from tests.integration.test_pitr import make_archived
 
 
 def test_base_backup_and_wal_restore_by_hand(pg_factory: Callable[..., PgCluster], tmp_path: Path) -> None:

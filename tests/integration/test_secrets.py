@@ -7,8 +7,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from p88backup.errors import ExitCode
+from tests.harness.helpers import cli_env, ok, run_cli
 from tests.harness.postgres import PgCluster
-from tests.helpers import cli_env, ok, run_cli
 
 PASSWORD = "Tr0ub4dor&3-very-secret"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from p88backup.errors import ExitCode
+from tests.harness.archiving import Archived, make_archived
+from tests.harness.helpers import cli_env, json_out, ok, run_cli
 from tests.harness.postgres import PgCluster
 from tests.harness.s3 import start_minio
-from tests.helpers import cli_env, json_out, ok, run_cli
-from tests.integration.test_pitr import Archived, make_archived
 
 
 def segments_archived(arch: Archived, count: int) -> list[str]:

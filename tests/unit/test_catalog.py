@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from p88backup.catalog import Catalog, layout
+from p88backup.catalog.backups import Catalog, layout
 from p88backup.errors import NotFoundError, ObjectExistsError, StorageError, VerifyError
 from p88backup.storage import open_storage
-from tests.helpers import fake_dump_manifest as manifest
+from tests.harness.helpers import fake_dump_manifest as manifest
 
 T0 = datetime(2026, 11, 27, 2, 15, 0, tzinfo=UTC)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from p88backup.errors import EXIT_CODE_HELP, ExitCode
-from tests.helpers import REPO, cli_env, log_lines, run_cli
+from tests.harness.helpers import REPO, cli_env, log_lines, run_cli
 
 SECRET = "pa$$w0rd-that-must-not-leak"
 URL = f"postgresql://backup:{SECRET.replace('$', '%24')}@db.internal:5432/p88"

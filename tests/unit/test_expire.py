@@ -7,13 +7,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from p88backup.catalog import Catalog
-from p88backup.core.expire import Expirer
-from p88backup.core.retention import GfsPolicy
+from p88backup.catalog.backups import Catalog
+from p88backup.core.retention.expire import Expirer
+from p88backup.core.retention.policy import GfsPolicy
 from p88backup.locks import job_lock
 from p88backup.storage import open_storage
-from tests.helpers import fake_basebackup_manifest as basebackup
-from tests.helpers import fake_dump_manifest as manifest
+from tests.harness.helpers import fake_basebackup_manifest as basebackup
+from tests.harness.helpers import fake_dump_manifest as manifest
 
 NOW = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
 
@@ -73,8 +73,9 @@ def test_orphans_go_after_grace_unless_a_run_is_in_progress(tmp_path: Path) -> N
 
 
 def test_base_backups_and_the_wal_only_they_need(tmp_path: Path) -> None:
-    from p88backup.core.expire import BaseBackupPolicy
-    from p88backup.core.wal import WalArchive, wal_key
+    from p88backup.catalog.layout import wal_key
+    from p88backup.core.retention.policy import BaseBackupPolicy
+    from p88backup.core.wal.archive import WalArchive
     from p88backup.stream import Codec
 
     catalog = Catalog(open_storage(f"memory://{uuid.uuid4().hex}"))
@@ -121,7 +122,8 @@ def test_base_backups_and_the_wal_only_they_need(tmp_path: Path) -> None:
 
 
 def test_no_base_backup_means_no_wal_is_expired(tmp_path: Path) -> None:
-    from p88backup.core.wal import WalArchive, wal_key
+    from p88backup.catalog.layout import wal_key
+    from p88backup.core.wal.archive import WalArchive
     from p88backup.stream import Codec
 
     s = open_storage(f"memory://{uuid.uuid4().hex}")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from p88backup.core.restore_dump import filter_globals
+from p88backup.core.logical.restore import filter_globals
 
 GLOBALS = '''--
 -- PostgreSQL database cluster dump

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from p88backup.core.pitrplan import Target, choose_base_backup, parse_target, recovery_settings
-from p88backup.core.walnames import HistoryEntry, parse_lsn
+from p88backup.core.pitr.plan import Target, choose_base_backup, parse_target, recovery_settings
+from p88backup.core.wal.names import HistoryEntry, parse_lsn
 from p88backup.errors import PitrTargetError
 
 T0 = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)

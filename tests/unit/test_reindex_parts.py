@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from p88backup.core.reindex import IndexDefinition, Reindexer, _flat, parse_since
 from p88backup.errors import ConfigError
+from p88backup.search.reindex import IndexDefinition, Reindexer, _flat, parse_since
 
 
 def test_flat_settings() -> None:

@@ -1,4 +1,4 @@
-"""Table tests for the pure retention planners in p88backup.core.retention."""
+"""Table tests for the pure retention planners in p88backup.core.retention.policy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from p88backup.core.retention import (
+from p88backup.core.retention.policy import (
     Candidate,
     Decision,
     GfsPolicy,

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from p88backup.core.codecs import make_codec
 from p88backup.errors import CryptoError, VerifyError
 from p88backup.storage import open_storage
-from p88backup.stream import HashingReader, ZstdDecodeReader, decode, encode, read_all, zstd_compress
+from p88backup.stream import HashingReader, ZstdDecodeReader, decode, encode, make_codec, read_all, zstd_compress
 
 
 def keypair(tmp_path: Path) -> tuple[str, Path]:

@@ -9,8 +9,8 @@ import tarfile
 
 import pytest
 
-from p88backup.core.pgmanifest import parse_backup_label, parse_backup_manifest
-from p88backup.core.tarwalk import CaptureMembers, TarWalker
+from p88backup.core.pitr.backup_manifest import parse_backup_label, parse_backup_manifest
+from p88backup.core.pitr.tarwalk import CaptureMembers, TarWalker
 from p88backup.errors import VerifyError
 
 

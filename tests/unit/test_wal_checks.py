@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 
-from p88backup.core.wal import check_segment, name_of_key, wal_key
+from p88backup.catalog.layout import wal_key
+from p88backup.catalog.layout import wal_name_of_key as name_of_key
+from p88backup.core.wal.archive import check_segment
 from p88backup.errors import VerifyError
-
-SEG = 16 * 1024 * 1024
-
-
-def header(segno: int, size: int = SEG, info: int = 0x0002) -> bytes:
-    # XLogLongPageHeaderData: magic, info, tli, pageaddr, rem_len, pad, sysid, seg_size, blcksz
-    return struct.pack("<HHIQI4xQII", 0xD110, info, 1, segno * size, 0, 7433, size, 8192)
+from tests.harness.helpers import SEG
+from tests.harness.helpers import wal_header as header
 
 
 def test_a_real_looking_segment_passes() -> None:

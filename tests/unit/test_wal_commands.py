@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from p88backup.core.codecs import make_codec
-from p88backup.core.wal import WalArchive
+from p88backup.core.wal.archive import WalArchive
 from p88backup.errors import ObjectNotFoundError, StorageError
 from p88backup.storage.memory import MemoryStorage
-from tests.helpers import cli_env, run_cli
-from tests.unit.test_wal_checks import SEG, header
+from p88backup.stream import make_codec
+from tests.harness.helpers import SEG, cli_env, run_cli
+from tests.harness.helpers import wal_header as header
 
 NAME = "000000010000000000000003"
 

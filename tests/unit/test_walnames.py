@@ -1,10 +1,10 @@
-"""Table tests for WAL names, LSN arithmetic and timeline following (p88backup.core.walnames)."""
+"""Table tests for WAL names, LSN arithmetic and timeline following (p88backup.core.wal.names)."""
 
 from __future__ import annotations
 
 import pytest
 
-from p88backup.core.walnames import (
+from p88backup.core.wal.names import (
     DEFAULT_SEGMENT_SIZE,
     HistoryEntry,
     WalFile,

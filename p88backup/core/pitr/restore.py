@@ -14,7 +14,6 @@ production archive would change what ``latest`` means for the next restore.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pwd
@@ -26,15 +25,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from p88backup.catalog import Catalog, layout
+from p88backup.catalog.backups import Catalog
 from p88backup.catalog.models import BaseBackupManifest
-from p88backup.core import walnames
-from p88backup.core.objects import check_stat, open_decoded
-from p88backup.core.pitrplan import Target, choose_base_backup, recovery_settings
-from p88backup.core.wal import WalArchive
-from p88backup.errors import ObjectNotFoundError, PgToolError, PitrTargetError, RefusedError, VerifyError
-from p88backup.pg.conn import ConnInfo, first_line
-from p88backup.pg.tools import client_for, server_for
+from p88backup.catalog.objects import check_stat, open_decoded
+from p88backup.core.pitr.plan import Target, choose_base_backup, recovery_settings
+from p88backup.core.pitr.server import RestoredServer
+from p88backup.core.wal import names as walnames
+from p88backup.core.wal.archive import WalArchive
+from p88backup.core.wal.restorepoints import restore_point_lsn
+from p88backup.errors import PgToolError, PitrTargetError, RefusedError, VerifyError
+from p88backup.pg.conn import ConnInfo
+from p88backup.pg.tools import client_for
 from p88backup.storage import Storage
 from p88backup.stream import Codec, copy_stream, widen_pipe
 
@@ -161,15 +162,13 @@ class PitrRestorer:
         return chosen, tli, len(segments), histories
 
     def _restore_point_lsn(self, name: str) -> int | None:
-        try:
-            with self.storage.open(layout.restore_point_key(name)) as fh:
-                return walnames.parse_lsn(json.loads(fh.read())["lsn"])
-        except ObjectNotFoundError:
+        lsn = restore_point_lsn(self.storage, name)
+        if lsn is None:
             log.warning(
                 "restore point not recorded by p88backup restore-point; using the newest base backup",
                 extra={"p88": {"name": name}},
             )
-            return None
+        return lsn
 
     # -- doing ----------------------------------------------------------------
 
@@ -206,7 +205,7 @@ class PitrRestorer:
             backup.id, self.opt.target.describe(), str(self.opt.target_dir), tli, nseg, round(time.monotonic() - t0, 2)
         )
         if self.opt.start:
-            self._start_and_wait(backup, owner, result)
+            self._start_and_wait(owner, result)
         result.total_seconds = round(time.monotonic() - t0, 2)
         return result
 
@@ -321,70 +320,31 @@ class PitrRestorer:
 
     # -- starting -------------------------------------------------------------
 
-    def _start_and_wait(self, backup: BaseBackupManifest, owner: str | None, result: PitrResult) -> None:
-        d = self.opt.target_dir
-        major = int((d / "PG_VERSION").read_text().strip())
-        pg_ctl = server_for("pg_ctl", major, self.opt.pg_bin_dir)
-        logfile = d / "log" / "p88backup-restore.log"
-        logfile.parent.mkdir(exist_ok=True)
-        logfile.touch()
-        if owner:
-            pw = pwd.getpwnam(owner)
-            os.chown(logfile.parent, pw.pw_uid, pw.pw_gid)
-            os.chown(logfile, pw.pw_uid, pw.pw_gid)
-        result.started, result.port, result.log_file = True, self.opt.port, str(logfile)
+    def _start_and_wait(self, owner: str | None, result: PitrResult) -> None:
         env = dict(self.opt.server_env if self.opt.server_env is not None else os.environ)
-        r = _pg_ctl(
-            pg_ctl.path, owner, env, "-D", str(d), "-l", str(logfile), "-w", "-t", str(int(self.opt.timeout)), "start"
+        server = RestoredServer(
+            self.opt.target_dir,
+            owner=owner,
+            env=env,
+            port=self.opt.port,
+            pg_bin_dir=self.opt.pg_bin_dir,
+            timeout=self.opt.timeout,
+            sleep=self.sleep,
         )
-        if r.returncode != 0:
-            raise PitrTargetError(
-                f"the restored server did not start: {self._log_problem(logfile) or r.stderr.strip()}"
-            )
-        ci = (self.conninfo or ConnInfo({"user": "postgres"})).with_db("postgres")
-        ci = ConnInfo({**ci.params, "host": "localhost", "port": str(self.opt.port or 5432)}, ci.password)
-        deadline = time.monotonic() + self.opt.timeout
-        while True:
-            if not (d / "postmaster.pid").exists():
-                problem = self._log_problem(logfile) or "the server stopped"
-                hint = f"see {logfile}"
-                if "before configured recovery target was reached" in problem:
-                    hint = (
-                        "the archive holds no WAL past the target yet: wait until the WAL after it is "
-                        "archived (or run SELECT pg_switch_wal() on the primary), or restore to --pitr latest; " + hint
-                    )
-                raise PitrTargetError(f"recovery failed: {problem}", hint=hint)
-            try:
-                with ci.connect() as conn:
-                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                        row = conn.execute(
-                            "SELECT pg_last_xact_replay_timestamp(), pg_current_wal_lsn()::text,"
-                            " ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
-                        ).fetchone()
-                        result.promoted = True
-                        result.last_replayed_transaction = row[0].isoformat() if row[0] else None
-                        result.lsn, result.timeline = row[1], row[2]
-                        result.stop_reason = self._log_line(logfile, "recovery stopping") or self._log_line(
-                            logfile, "last completed transaction"
-                        )
-                        if self.opt.stop:
-                            self._stop_cleanly(pg_ctl.path, owner, env)
-                            result.stopped = True
-                        return
-            except Exception as exc:  # not accepting connections yet
-                log.debug("waiting for the restored server", extra={"p88": {"error": first_line(exc)}})
-            if time.monotonic() > deadline:
-                raise PitrTargetError(f"recovery did not finish within {self.opt.timeout:.0f}s", hint=f"see {logfile}")
-            self.sleep(0.5)
+        result.started, result.port, result.log_file = True, self.opt.port, str(server.logfile)
+        server.start()
+        promotion = server.wait_promoted(self.conninfo)
+        result.promoted = True
+        result.last_replayed_transaction = promotion.last_replayed_transaction
+        result.lsn, result.timeline, result.stop_reason = promotion.lsn, promotion.timeline, promotion.stop_reason
+        if self.opt.stop:
+            server.stop()
+            self._drop_start_only_settings()
+            result.stopped = True
 
-    def _stop_cleanly(self, pg_ctl: Path, owner: str | None, env: dict[str, str]) -> None:
-        """Shut the promoted server down (checkpoint) and drop the trial-start settings,
-        so the data directory is ready for the real server (e.g. the db container)."""
-        d = self.opt.target_dir
-        r = _pg_ctl(pg_ctl, owner, env, "-D", str(d), "-m", "fast", "-w", "stop")
-        if r.returncode != 0:
-            raise PitrTargetError(f"the restored server did not stop cleanly: {r.stderr.strip()}")
-        conf = d / "postgresql.auto.conf"
+    def _drop_start_only_settings(self) -> None:
+        """After a clean stop: the data directory is ready for the real server (e.g. the db container)."""
+        conf = self.opt.target_dir / "postgresql.auto.conf"
         keep = [
             ln
             for ln in conf.read_text().splitlines(keepends=True)
@@ -392,62 +352,3 @@ class PitrRestorer:
         ]
         conf.write_text("".join(keep))
         log.info("restored server stopped; trial settings removed", extra={"p88": {"removed": self._start_only}})
-
-    @staticmethod
-    def _log_line(logfile: Path, needle: str) -> str | None:
-        try:
-            lines = logfile.read_text(errors="replace").splitlines()
-        except OSError:
-            return None
-        hits = [ln.split(":  ", 1)[-1] for ln in lines if needle in ln]
-        return hits[-1] if hits else None
-
-    @classmethod
-    def _log_problem(cls, logfile: Path) -> str | None:
-        return cls._log_line(logfile, "FATAL:") or cls._log_line(logfile, "PANIC:")
-
-
-def create_restore_point(
-    ci: ConnInfo, storage: Storage, name: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-) -> dict[str, object]:
-    """pg_create_restore_point + a record of its LSN, so PITR can pick the right base backup."""
-    import io
-
-    from p88backup.errors import ConflictError, ObjectExistsError
-
-    key = layout.restore_point_key(name)
-    try:
-        storage.stat(key)
-        raise ConflictError(f"restore point {name!r} already exists", hint="restore points need unique names")
-    except ObjectNotFoundError:
-        pass
-    with ci.connect() as conn:
-        lsn = conn.execute("SELECT pg_create_restore_point(%s)::text", (name,)).fetchone()[0]
-        segment = conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (lsn,)).fetchone()[0]
-        conn.execute("SELECT pg_switch_wal()")  # so the restore point reaches the archive now
-    record = {
-        "name": name,
-        "lsn": lsn,
-        "segment": segment,
-        "timeline": int(segment[:8], 16),
-        "created_at": clock().isoformat(),
-    }
-    try:
-        storage.put(key, io.BytesIO(json.dumps(record, indent=2).encode()), overwrite=False)
-    except ObjectExistsError:
-        raise ConflictError(f"restore point {name!r} already exists") from None
-    return record
-
-
-def _pg_ctl(pg_ctl: Path, owner: str | None, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run pg_ctl as the data directory's owner (when we are root: the server refuses to run as root)."""
-    return subprocess.run(
-        [str(pg_ctl), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        user=owner,
-        group=owner,
-        extra_groups=[] if owner else None,
-        cwd="/",
-    )

@@ -26,11 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from p88backup.catalog import Catalog, PendingBackup, layout
-from p88backup.catalog.models import DatabaseDump, DumpManifest, StoredObject
-from p88backup.core.common import ServerInfo, manifest_fields, server_info, store
+from p88backup.catalog import layout
+from p88backup.catalog.backups import Catalog, PendingBackup
+from p88backup.catalog.models import DatabaseDump, DumpManifest, StoredObject, manifest_fields
 from p88backup.errors import DatabaseError, PgToolError
-from p88backup.pg.conn import ConnInfo, first_line
+from p88backup.pg.conn import ConnInfo, ServerInfo, first_line, server_info
 from p88backup.pg.proc import ToolOutput, ToolProcess
 from p88backup.pg.tools import Tool, client_for
 from p88backup.storage import Readable, Storage
@@ -168,9 +168,7 @@ class Dumper:
 
             self._warm = threading.Thread(target=warm_up, name="warm-up", daemon=True)
             self._warm.start()
-        obj = store(self.storage, key, src, self.codec)
-        self._pending.stored(key)
-        return obj
+        return self._pending.store(key, src, self.codec)
 
     def _dump_database(self, pg_dump: Tool, bid: str, name: str) -> tuple[DatabaseDump, datetime]:
         ci = self.ci.with_db(name)

@@ -1,18 +1,44 @@
-"""Shared test helpers: run the CLI as a real process, compare databases."""
+"""Shared test helpers: run the CLI as a real process, compare databases, fail or skip on a
+missing service, fake manifests and WAL segment headers for unit tests."""
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.harness.postgres import PgCluster
+import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.harness import procs
+from tests.harness.postgres import PgCluster
+from tests.harness.s3 import S3Server
+
+REPO = Path(__file__).resolve().parents[2]
+SEG = 16 * 1024 * 1024
+
+
+def unavailable(what: str, exc: BaseException | str) -> None:
+    """Fail under CI, skip elsewhere: a missing service is never silently OK in CI."""
+    message = f"{what} unavailable: {exc}"
+    if procs.ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def new_bucket(server: S3Server) -> str:
+    return server.create_bucket(f"p88-{uuid.uuid4().hex[:12]}")
+
+
+def wal_header(segno: int, size: int = SEG, info: int = 0x0002, timeline: int = 1) -> bytes:
+    """The long page header that starts a WAL segment (XLogLongPageHeaderData: magic, info, tli,
+    pageaddr, rem_len, pad, sysid, seg_size, blcksz)."""
+    return struct.pack("<HHIQI4xQII", 0xD110, info, timeline, segno * size, 0, 7433, size, 8192)
 
 
 def cli_env(tmp: Path, **extra: str) -> dict[str, str]:

@@ -23,13 +23,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from p88backup.core import walnames
+from p88backup.catalog.layout import WAL_PREFIX, WAL_SUFFIXES, wal_key, wal_name_of_key
+from p88backup.core.wal import names as walnames
 from p88backup.errors import ConflictError, ObjectExistsError, ObjectNotFoundError, StorageError, VerifyError
 from p88backup.storage.base import ObjectInfo, Storage
 from p88backup.stream import Codec, CountingReader, decode, encode, iter_chunks
 
-PREFIX = "wal/"
-SUFFIXES = (".zst", ".zst.age")
 XLP_LONG_HEADER = 0x0002
 _LONG_HEADER = struct.Struct("<HHIQI4xQII")  # XLogLongPageHeaderData on little-endian hosts
 
@@ -76,18 +75,6 @@ def check_history(name: str, data: bytes) -> None:
         walnames.parse_history(data.decode())
     except (UnicodeDecodeError, walnames.WalNameError) as exc:
         raise VerifyError(f"{name}: not a valid timeline history file ({exc})") from None
-
-
-def wal_key(name: str, suffix: str) -> str:
-    return f"{PREFIX}{name[:8]}/{name}{suffix}"
-
-
-def name_of_key(key: str) -> str | None:
-    base = key.rsplit("/", 1)[-1]
-    for suffix in sorted(SUFFIXES, key=len, reverse=True):
-        if base.endswith(suffix):
-            return base[: -len(suffix)]
-    return None
 
 
 def _sha256_file(path: Path) -> str:
@@ -168,7 +155,7 @@ class WalArchive:
     def find(self, name: str) -> ObjectInfo | None:
         """The stored object for ``name`` (either encoding), or None."""
         walnames.classify(name)
-        preferred = [self.codec.suffix] + [s for s in SUFFIXES if s != self.codec.suffix]
+        preferred = [self.codec.suffix] + [s for s in WAL_SUFFIXES if s != self.codec.suffix]
         for suffix in preferred:
             try:
                 return self.storage.stat(wal_key(name, suffix))
@@ -213,8 +200,8 @@ class WalArchive:
 
     def objects(self) -> Iterator[tuple[str, ObjectInfo]]:
         """(WAL file name, stored object) for everything archived, sorted by key."""
-        for obj in self.storage.list(PREFIX):
-            name = name_of_key(obj.key)
+        for obj in self.storage.list(WAL_PREFIX):
+            name = wal_name_of_key(obj.key)
             if name is not None and walnames.is_wal_name(name):
                 yield name, obj
 

@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from p88backup.catalog import Catalog, PendingBackup, layout
-from p88backup.catalog.models import BaseBackupManifest
-from p88backup.core import walnames
-from p88backup.core.common import ServerInfo, manifest_fields, server_info, store
-from p88backup.core.pgmanifest import parse_backup_label, parse_backup_manifest
-from p88backup.core.tarwalk import CaptureMembers, TarWalker
-from p88backup.core.wal import WalArchive
+from p88backup.catalog import layout
+from p88backup.catalog.backups import Catalog, PendingBackup
+from p88backup.catalog.models import BaseBackupManifest, manifest_fields
+from p88backup.core.pitr.backup_manifest import parse_backup_label, parse_backup_manifest
+from p88backup.core.pitr.tarwalk import CaptureMembers, TarWalker
+from p88backup.core.wal import names as walnames
+from p88backup.core.wal.archive import WalArchive
 from p88backup.errors import PgToolError, VerifyError
-from p88backup.pg.conn import ConnInfo
+from p88backup.pg.conn import ConnInfo, ServerInfo, server_info
 from p88backup.pg.proc import ToolOutput, ToolProcess
 from p88backup.pg.tools import client_for
 from p88backup.storage import Storage
@@ -103,20 +103,18 @@ class BaseBackupRunner:
             f"--checkpoint={self.opt.checkpoint}",
             f"--label=p88backup {bid}",
         ]
-        key = f"{layout.backup_dir('basebackup', bid)}base.tar{self.codec.suffix}"
+        key = layout.base_tar_key(bid, self.codec.suffix)
         with ToolProcess(argv, env=self.ci.env(), what="pg_basebackup") as proc:
             out = ToolOutput(proc, progress=self.progress, tee=walker.feed, on_end=walker.finish)
-            base = store(self.storage, key, out, self.codec)
-            self._pending.stored(key)
+            base = self._pending.store(key, out, self.codec)
         if "backup_label" not in capture.found or "backup_manifest" not in capture.found:
             raise PgToolError("pg_basebackup output lacks backup_label or backup_manifest (PostgreSQL 13+ needed)")
         label = parse_backup_label(bytes(capture.found["backup_label"]))
         pgman = parse_backup_manifest(bytes(capture.found["backup_manifest"]))
         if any(f.path.startswith("pg_tblspc/") for f in pgman.files.values()):
             raise PgToolError("the cluster has tablespaces; p88backup base backups support the main one only")
-        man_key = f"{layout.backup_dir('basebackup', bid)}backup_manifest{self.codec.suffix}"
-        man_obj = store(self.storage, man_key, io.BytesIO(bytes(capture.found["backup_manifest"])), self.codec)
-        self._pending.stored(man_key)
+        man_key = layout.backup_manifest_key(bid, self.codec.suffix)
+        man_obj = self._pending.store(man_key, io.BytesIO(bytes(capture.found["backup_manifest"])), self.codec)
         stop_time = self.clock()
         end_tli, end_lsn = pgman.end_timeline, pgman.end_lsn
         segments = needed_segments(label.start_segment, end_tli, end_lsn)

@@ -13,23 +13,24 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from p88backup.catalog import Catalog, Orphan
+from p88backup.catalog.backups import Catalog, Orphan
 from p88backup.catalog.layout import Kind
 from p88backup.catalog.models import BaseBackupManifest, DumpManifest
-from p88backup.core import walnames
-from p88backup.core.retention import Candidate, Decision, GfsPolicy, plan_count_or_window, plan_gfs
-from p88backup.core.wal import WalArchive
+from p88backup.core.retention.policy import (
+    BaseBackupPolicy,
+    Candidate,
+    Decision,
+    GfsPolicy,
+    plan_count_or_window,
+    plan_gfs,
+)
+from p88backup.core.wal import names as walnames
+from p88backup.core.wal.archive import WalArchive
 from p88backup.errors import LockedError
 from p88backup.locks import job_lock
 from p88backup.storage import Storage
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BaseBackupPolicy:
-    keep: int = 2
-    window: timedelta | None = None
 
 
 @dataclass

@@ -32,9 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from p88backup.core.search import Search
 from p88backup.errors import ConfigError, DatabaseError, SearchError
 from p88backup.pg.conn import ConnInfo, first_line
+from p88backup.search.client import Search
 
 log = logging.getLogger(__name__)
 META_KEY = "p88backup"

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from p88backup.catalog.models import DatabaseDump, DumpManifest, StoredObject
-from p88backup.core.dump import count_rows
-from p88backup.core.objects import check_stat, open_decoded
-from p88backup.core.verify import restore_tool_major
+from p88backup.catalog.objects import check_stat, open_decoded
+from p88backup.core.logical.dump import count_rows
+from p88backup.core.logical.verify import restore_tool_major
 from p88backup.errors import DatabaseError, PgToolError, RefusedError, VerifyError
 from p88backup.pg.conn import ConnInfo, first_line
 from p88backup.pg.proc import ToolProcess

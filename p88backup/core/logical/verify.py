@@ -14,9 +14,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from p88backup.catalog import Catalog
+from p88backup.catalog.backups import Catalog
 from p88backup.catalog.models import BaseBackupManifest, DumpManifest, StoredObject
-from p88backup.core.objects import check_stat, open_decoded
+from p88backup.catalog.objects import check_stat, open_decoded
 from p88backup.errors import P88Error, PgToolError, VerifyError
 from p88backup.pg.proc import ToolProcess
 from p88backup.pg.tools import client_for, major_of
@@ -116,7 +116,7 @@ class Verifier:
 
     @staticmethod
     def _globals_header(decoded: Readable) -> None:
-        from p88backup.core.dump import GLOBALS_MAGIC
+        from p88backup.core.logical.dump import GLOBALS_MAGIC
 
         head = decoded.read(len(GLOBALS_MAGIC))
         if head != GLOBALS_MAGIC:

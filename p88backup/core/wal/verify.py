@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from p88backup.catalog import Catalog
-from p88backup.core import walnames
-from p88backup.core.wal import WalArchive
+from p88backup.catalog.backups import Catalog
+from p88backup.core.wal import names as walnames
+from p88backup.core.wal.archive import WalArchive
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-from p88backup.core import walnames
+from p88backup.core.wal import names as walnames
 from p88backup.errors import PitrTargetError
 
 TargetKind = Literal["time", "lsn", "xid", "name", "latest", "immediate"]

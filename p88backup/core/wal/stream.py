@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from p88backup.core import walnames
-from p88backup.core.wal import WalArchive
+from p88backup.core.wal import names as walnames
+from p88backup.core.wal.archive import WalArchive
 from p88backup.errors import P88Error
 from p88backup.pg.conn import ConnInfo, first_line
 from p88backup.pg.proc import ToolProcess

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from p88backup.core import walnames
+from p88backup.core.wal import names as walnames
 from p88backup.errors import VerifyError
 
 

@@ -1,4 +1,5 @@
-"""Reading stored objects back, checked against what the manifest recorded."""
+"""Stored objects: writing one encoded (with what the manifest records about it), and reading
+one back checked against that record."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from typing import BinaryIO
 from p88backup.catalog.models import StoredObject
 from p88backup.errors import VerifyError
 from p88backup.storage import Readable, Storage
-from p88backup.stream import Codec, decode
+from p88backup.stream import Codec, CountingReader, HashingReader, decode, encode
+
+
+def store(storage: Storage, key: str, src: Readable, codec: Codec) -> StoredObject:
+    """Encode ``src`` into ``key`` (create-only); return what the manifest records about it."""
+    raw = CountingReader(src)
+    stored = HashingReader(encode(raw, codec))
+    storage.put(key, stored, overwrite=False)
+    return StoredObject(key=key, size=stored.size, sha256=stored.hexdigest(), raw_size=raw.size)
 
 
 class VerifyingReader:

@@ -84,6 +84,14 @@ class GfsPolicy:
 
 
 @dataclass(frozen=True)
+class BaseBackupPolicy:
+    """Base backups: keep the newest ``keep``, plus every one younger than ``window``."""
+
+    keep: int = 2
+    window: timedelta | None = None
+
+
+@dataclass(frozen=True)
 class Decision:
     """The plan: kept ids (oldest first) with why, and ids to delete (oldest first)."""
 

@@ -1,0 +1,223 @@
+"""The backup catalog: manifests in storage, listed, read and written.
+
+A backup is visible only through its manifest, and the manifest is written
+last, create-only, after every object it names is stored (DESIGN §3.1).
+Directories without a manifest are incomplete runs ("orphans"): never
+listed as backups, removed by ``expire`` once older than the grace period.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import TypeAdapter, ValidationError
+
+from p88backup.catalog import layout
+from p88backup.catalog.layout import Kind
+from p88backup.catalog.models import SCHEMA_VERSION, BaseBackupManifest, DumpManifest, Manifest, StoredObject
+from p88backup.catalog.objects import store
+from p88backup.errors import NotFoundError, ObjectExistsError, ObjectNotFoundError, P88Error, VerifyError
+from p88backup.storage import Readable, Storage
+from p88backup.stream import Codec
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _adapter() -> TypeAdapter[DumpManifest | BaseBackupManifest]:
+    return TypeAdapter(Manifest)
+
+
+@dataclass(frozen=True)
+class Orphan:
+    kind: Kind
+    id: str
+    keys: tuple[str, ...]
+    newest: datetime | None
+
+
+class Catalog:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    # -- reading ------------------------------------------------------------
+
+    def _parse(self, key: str, raw: bytes) -> DumpManifest | BaseBackupManifest:
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise VerifyError(f"manifest {key} is not valid JSON") from None
+        version = doc.get("schema_version") if isinstance(doc, dict) else None
+        if version != SCHEMA_VERSION:
+            raise VerifyError(
+                f"manifest {key} has schema version {version}; this p88backup reads {SCHEMA_VERSION}",
+                hint="use a p88backup release that knows this version",
+            )
+        try:
+            return _adapter().validate_python(doc)
+        except ValidationError as exc:
+            raise VerifyError(f"manifest {key} is malformed: {exc.errors()[0]['msg']}") from None
+
+    def read(self, kind: Kind, bid: str) -> DumpManifest | BaseBackupManifest:
+        key = layout.manifest_key(kind, bid)
+        try:
+            with self.storage.open(key) as fh:
+                raw = fh.read()
+        except ObjectNotFoundError:
+            raise NotFoundError(f"no {kind} backup {bid} in {self.storage.url}") from None
+        return self._parse(key, raw)
+
+    def ids(self, kind: Kind) -> list[str]:
+        """Ids of complete backups of ``kind``, oldest first."""
+        out = []
+        for obj in self.storage.list(layout.KIND_DIRS[kind] + "/"):
+            parsed = layout.parse_manifest_key(obj.key)
+            if parsed and parsed[0] == kind:
+                out.append(parsed[1])
+        return sorted(out)
+
+    def manifests(self, kind: Kind) -> list[DumpManifest | BaseBackupManifest]:
+        """Complete backups of ``kind``, oldest first. Unreadable manifests are logged and skipped."""
+        found = []
+        for bid in self.ids(kind):
+            try:
+                found.append(self.read(kind, bid))
+            except VerifyError as exc:
+                log.error("skipping unreadable manifest", extra={"p88": {"id": bid, "error": str(exc)}})
+        return found
+
+    def dumps(self) -> list[DumpManifest]:
+        return [m for m in self.manifests("dump") if isinstance(m, DumpManifest)]
+
+    def basebackups(self) -> list[BaseBackupManifest]:
+        return [m for m in self.manifests("basebackup") if isinstance(m, BaseBackupManifest)]
+
+    def resolve(self, kind: Kind, ref: str) -> DumpManifest | BaseBackupManifest:
+        """``latest`` or an id -> its manifest."""
+        if ref == "latest":
+            ids = self.ids(kind)
+            if not ids:
+                raise NotFoundError(f"no {kind} backups in {self.storage.url}")
+            return self.read(kind, ids[-1])
+        if not layout.is_backup_id(ref):
+            raise NotFoundError(f"{ref!r} is not a backup id (like 20261127T021500Z) or 'latest'")
+        return self.read(kind, ref)
+
+    def taken_ids(self, kind: Kind) -> set[str]:
+        """Every id in use, complete or not (a new backup must not reuse one)."""
+        prefix = layout.KIND_DIRS[kind] + "/"
+        return {o.key.split("/")[1] for o in self.storage.list(prefix) if o.key.count("/") >= 2}
+
+    def orphans(self, kind: Kind) -> list[Orphan]:
+        """Backup directories that have objects but no manifest."""
+        prefix = layout.KIND_DIRS[kind] + "/"
+        groups: dict[str, list[tuple[str, datetime | None]]] = {}
+        complete: set[str] = set()
+        for obj in self.storage.list(prefix):
+            parts = obj.key.split("/")
+            if len(parts) < 3:
+                continue
+            if len(parts) == 3 and parts[2] == layout.MANIFEST:
+                complete.add(parts[1])
+            groups.setdefault(parts[1], []).append((obj.key, obj.modified))
+        out = []
+        for bid, items in sorted(groups.items()):
+            if bid in complete:
+                continue
+            times = [t for _, t in items if t is not None]
+            out.append(Orphan(kind, bid, tuple(k for k, _ in items), max(times) if times else None))
+        return out
+
+    # -- writing ------------------------------------------------------------
+
+    def write(self, manifest: DumpManifest | BaseBackupManifest) -> str:
+        """Store the manifest (create-only): the backup becomes visible.
+
+        If the key exists with these very bytes, an earlier attempt of this
+        write landed (its response was lost): that is success. Different
+        bytes raise ``ObjectExistsError``; they belong to another run.
+        """
+        key = layout.manifest_key(manifest.kind, manifest.id)
+        body = manifest.model_dump_json(indent=2).encode()
+        try:
+            self.storage.put(key, io.BytesIO(body), overwrite=False)
+        except ObjectExistsError:
+            with self.storage.open(key) as fh:
+                if fh.read() != body:
+                    raise
+            log.info("manifest already stored by an earlier attempt", extra={"p88": {"key": key}})
+        return key
+
+    def discard(self, kind: Kind, backup_id: str, keys: Sequence[str], *, manifest: bool) -> None:
+        """Best effort: take back what a failed run stored (``expire`` reaps the rest).
+
+        ``keys``: the objects the run stored. ``manifest``: the run tried to
+        write its manifest. A failed manifest write may still have landed (a
+        lost response, a failed directory fsync, an interrupt), so the
+        manifest goes first, and if it cannot be removed the objects stay:
+        a listed backup never names objects that are gone.
+        """
+        try:
+            if manifest:
+                self.storage.delete(layout.manifest_key(kind, backup_id))
+            if keys:
+                self.storage.delete_many(keys)
+                log.info("removed what the failed run stored", extra={"p88": {"id": backup_id, "count": len(keys)}})
+        except P88Error as exc:
+            log.warning(
+                "could not remove what the failed run stored; expire will",
+                extra={"p88": {"id": backup_id, "error": str(exc)}},
+            )
+
+    def pending(self, kind: Kind, backup_id: str) -> PendingBackup:
+        """Track one run until its manifest is written (see :class:`PendingBackup`)."""
+        return PendingBackup(self, kind, backup_id)
+
+    def delete(self, manifest: DumpManifest | BaseBackupManifest) -> None:
+        """Manifest first, so a half-deleted backup is never listed as good."""
+        self.storage.delete(layout.manifest_key(manifest.kind, manifest.id))
+        self.storage.delete_many(o.key for o in manifest.objects)
+
+
+class PendingBackup:
+    """A run's stored objects until its manifest makes them a backup.
+
+    Use it as a context manager around the run: store each object through
+    it (:meth:`store`), write the manifest with :meth:`commit`. If
+    the block raises, what the run stored is taken back
+    (:meth:`Catalog.discard`), its manifest too if the write was attempted.
+    """
+
+    def __init__(self, catalog: Catalog, kind: Kind, backup_id: str) -> None:
+        self.catalog, self.kind, self.backup_id = catalog, kind, backup_id
+        self.keys: list[str] = []
+        self._manifest_sent = False
+
+    def store(self, key: str, src: Readable, codec: Codec) -> StoredObject:
+        """Encode ``src`` into ``key`` (create-only) and remember it as this run's.
+
+        A create-only refusal is not recorded: that object is someone else's.
+        """
+        obj = store(self.catalog.storage, key, src, codec)
+        self.keys.append(key)
+        return obj
+
+    def commit(self, manifest: DumpManifest | BaseBackupManifest) -> str:
+        self._manifest_sent = True
+        return self.catalog.write(manifest)
+
+    def __enter__(self) -> PendingBackup:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None:
+            return
+        # A manifest key holding another run's bytes is not ours to remove.
+        ours = self._manifest_sent and not issubclass(exc_type, ObjectExistsError)
+        self.catalog.discard(self.kind, self.backup_id, self.keys, manifest=ours)

@@ -1,0 +1,1 @@
+"""Logical backups: pg_dump into storage, restore into a database, verify what is stored."""

@@ -1,0 +1,1 @@
+"""Base backups and point-in-time recovery: pg_basebackup into storage, planning, laying out, starting."""

@@ -1,0 +1,133 @@
+"""The server of a restored data directory: start it, wait until recovery has
+reached its target and promoted, stop it cleanly.
+
+PostgreSQL refuses to run as root, so as root every ``pg_ctl`` runs as the
+data directory's owner. The server log is ``log/p88backup-restore.log`` inside
+the data directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from p88backup.errors import PitrTargetError
+from p88backup.pg.conn import ConnInfo, first_line
+from p88backup.pg.tools import server_for
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "log/p88backup-restore.log"
+
+
+@dataclass
+class Promotion:
+    """What the promoted server says about the end of its recovery."""
+
+    last_replayed_transaction: str | None
+    lsn: str
+    timeline: int
+    stop_reason: str | None
+
+
+class RestoredServer:
+    def __init__(
+        self,
+        datadir: Path,
+        *,
+        owner: str | None,
+        env: dict[str, str],
+        port: int | None,
+        pg_bin_dir: Path | None = None,
+        timeout: float = 3600.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.datadir, self.owner, self.env, self.port = datadir, owner, env, port
+        self.timeout, self.sleep = timeout, sleep
+        major = int((datadir / "PG_VERSION").read_text().strip())
+        self.pg_ctl = server_for("pg_ctl", major, pg_bin_dir).path
+        self.logfile = datadir / LOG_NAME
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """pg_ctl as the data directory's owner (when we are root: the server refuses to run as root)."""
+        owner = self.owner
+        return subprocess.run(
+            [str(self.pg_ctl), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            user=owner,
+            group=owner,
+            extra_groups=[] if owner else None,
+            cwd="/",
+        )
+
+    def start(self) -> None:
+        self.logfile.parent.mkdir(exist_ok=True)
+        self.logfile.touch()
+        if self.owner:
+            pw = pwd.getpwnam(self.owner)
+            os.chown(self.logfile.parent, pw.pw_uid, pw.pw_gid)
+            os.chown(self.logfile, pw.pw_uid, pw.pw_gid)
+        r = self._run("-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", str(int(self.timeout)), "start")
+        if r.returncode != 0:
+            raise PitrTargetError(f"the restored server did not start: {self.log_problem() or r.stderr.strip()}")
+
+    def wait_promoted(self, conninfo: ConnInfo | None) -> Promotion:
+        """Poll until the server has left recovery; raise if it stops or the timeout passes."""
+        ci = (conninfo or ConnInfo({"user": "postgres"})).with_db("postgres")
+        ci = ConnInfo({**ci.params, "host": "localhost", "port": str(self.port or 5432)}, ci.password)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if not (self.datadir / "postmaster.pid").exists():
+                problem = self.log_problem() or "the server stopped"
+                hint = f"see {self.logfile}"
+                if "before configured recovery target was reached" in problem:
+                    hint = (
+                        "the archive holds no WAL past the target yet: wait until the WAL after it is "
+                        "archived (or run SELECT pg_switch_wal() on the primary), or restore to --pitr latest; " + hint
+                    )
+                raise PitrTargetError(f"recovery failed: {problem}", hint=hint)
+            try:
+                with ci.connect() as conn:
+                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                        row = conn.execute(
+                            "SELECT pg_last_xact_replay_timestamp(), pg_current_wal_lsn()::text,"
+                            " ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+                        ).fetchone()
+                        return Promotion(
+                            last_replayed_transaction=row[0].isoformat() if row[0] else None,
+                            lsn=row[1],
+                            timeline=row[2],
+                            stop_reason=self.log_line("recovery stopping")
+                            or self.log_line("last completed transaction"),
+                        )
+            except Exception as exc:  # not accepting connections yet
+                log.debug("waiting for the restored server", extra={"p88": {"error": first_line(exc)}})
+            if time.monotonic() > deadline:
+                raise PitrTargetError(f"recovery did not finish within {self.timeout:.0f}s", hint=f"see {self.logfile}")
+            self.sleep(0.5)
+
+    def stop(self) -> None:
+        """A fast shutdown (with its checkpoint); raise if it does not stop cleanly."""
+        r = self._run("-D", str(self.datadir), "-m", "fast", "-w", "stop")
+        if r.returncode != 0:
+            raise PitrTargetError(f"the restored server did not stop cleanly: {r.stderr.strip()}")
+
+    def log_line(self, needle: str) -> str | None:
+        """The last server log line containing ``needle`` (its message part)."""
+        try:
+            lines = self.logfile.read_text(errors="replace").splitlines()
+        except OSError:
+            return None
+        hits = [ln.split(":  ", 1)[-1] for ln in lines if needle in ln]
+        return hits[-1] if hits else None
+
+    def log_problem(self) -> str | None:
+        return self.log_line("FATAL:") or self.log_line("PANIC:")
