@@ -33,6 +33,7 @@ class ExitCode(IntEnum):
     SEARCH = 14  # OpenSearch unreachable, or a bulk/alias operation failed
     PITR_TARGET = 15  # the recovery target cannot be reached with what is stored
     INTERRUPTED = 16  # stopped by a signal (SIGTERM/SIGINT) before finishing
+    ARCHIVING = 17  # WAL is not reaching the archive (archive_command failing, wal-stream not shipping)
     RESTORE_COMMAND_FAILED = 126  # wal-fetch: any failure other than "not found"
 
 
@@ -54,6 +55,7 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.SEARCH: "OpenSearch unreachable, or a bulk or alias operation failed",
     ExitCode.PITR_TARGET: "the recovery target cannot be reached with what is stored",
     ExitCode.INTERRUPTED: "stopped by a signal before finishing",
+    ExitCode.ARCHIVING: "WAL is not reaching the archive (archive_command failing, wal-stream not shipping)",
     ExitCode.RESTORE_COMMAND_FAILED: "wal-fetch failed for a reason other than 'not found'",
 }
 
@@ -142,6 +144,12 @@ class PitrTargetError(P88Error):
 
 class InterruptedRunError(P88Error):
     exit_code = ExitCode.INTERRUPTED
+
+
+class ArchivingError(P88Error):
+    """WAL does not reach the archive: a base backup cannot become usable."""
+
+    exit_code = ExitCode.ARCHIVING
 
 
 def restore_command_status(exc: BaseException) -> int:
