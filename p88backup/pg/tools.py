@@ -3,7 +3,12 @@
 pg_dump must be at least as new as the server it dumps; server programs
 (postgres, pg_ctl) must match a data directory's major version exactly.
 Debian installs each major version under ``/usr/lib/postgresql/N/bin``;
-``pg_bin_dir`` in the settings overrides the search.
+``pg_bin_dir`` in the settings overrides the search. It may name several
+directories, separated by ``:`` as in ``PATH`` (a list in the TOML file):
+one directory is too narrow when server programs must match a data
+directory's major while the newest pg_dump lives elsewhere, or when one host
+backs up clusters of several majors from tools that are not laid out the
+Debian way.
 """
 
 from __future__ import annotations
@@ -46,11 +51,18 @@ def _version_of(path: str) -> tuple[int, str] | None:
     return int(m.group(1)), out.strip().split(")", 1)[-1].strip().split()[0]
 
 
+def search_dirs(bin_dir: Path | None) -> list[Path]:
+    """The directories a ``pg_bin_dir`` setting names, in order (``:``-separated, like ``PATH``)."""
+    if bin_dir is None:
+        return []
+    return [Path(p) for p in str(bin_dir).split(os.pathsep) if p]
+
+
 def candidates(name: str, bin_dir: Path | None = None) -> list[Tool]:
-    """Every installed ``name`` we can find, newest major first."""
+    """Every installed ``name`` we can find, newest major first (the first directory wins a tie)."""
     paths: list[str] = []
     if bin_dir is not None:
-        paths.append(str(bin_dir / name))
+        paths.extend(str(d / name) for d in search_dirs(bin_dir))
     else:
         paths.extend(os.path.join(d, name) for d in glob.glob(DEBIAN_GLOB))
         on_path = shutil.which(name)
@@ -64,7 +76,7 @@ def candidates(name: str, bin_dir: Path | None = None) -> list[Tool]:
         v = _version_of(p)
         if v is not None:
             tools[p] = Tool(name, Path(p), v[0], v[1])
-    return sorted(tools.values(), key=lambda t: -t.major)
+    return sorted(tools.values(), key=lambda t: -t.major)  # stable: search order within a major
 
 
 def client_for(name: str, server_major: int, bin_dir: Path | None = None) -> Tool:
@@ -85,11 +97,17 @@ def client_for(name: str, server_major: int, bin_dir: Path | None = None) -> Too
 
 def server_for(name: str, major: int, bin_dir: Path | None = None) -> Tool:
     """A server program (postgres, pg_ctl, initdb) of exactly ``major``."""
-    for t in candidates(name, bin_dir):
+    found = candidates(name, bin_dir)
+    for t in found:
         if t.major == major:
             return t
+    # Say what was found: "not installed" alone sends people looking for a missing package
+    # when the cause is a pg_bin_dir that points at another major.
+    have = ", ".join(f"{t.major} ({t.path})" for t in found) or "none"
+    where = f" in {bin_dir}" if bin_dir else ""
     raise PgToolError(
-        f"{name} of PostgreSQL {major} is needed (the data directory is version {major}) and is not installed",
+        f"{name} of PostgreSQL {major} is needed (the data directory is version {major}) and is not installed;"
+        f" found{where}: {have}",
         hint=f"install postgresql-{major} or set P88_PG_BIN_DIR to its bin directory",
     )
 
