@@ -135,7 +135,9 @@ class Settings(BaseSettings):
 
     compression_level: int = Field(3, ge=1, le=19)
     compression_threads: int = Field(0, ge=0, description="0 = one per CPU")
-    pg_bin_dir: Path | None = None
+    pg_bin_dir: Path | None = Field(
+        None, description="bin directory of the PostgreSQL programs; several: ':'-separated (TOML: a list)"
+    )
     work_dir: Path = Path(tempfile.gettempdir()) / "p88backup"
     lock_dir: Path = Path(tempfile.gettempdir()) / "p88backup-locks"
     retry_deadline_seconds: float = Field(120.0, gt=0)
@@ -148,6 +150,14 @@ class Settings(BaseSettings):
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
 
     _split = field_validator("age_recipients", mode="before")(_split_words)
+
+    @field_validator("pg_bin_dir", mode="before")
+    @classmethod
+    def _join_bin_dirs(cls, v: Any) -> Any:
+        # One search path, like PATH: p88backup.pg.tools splits it. A list in TOML means the same.
+        if isinstance(v, list | tuple):
+            return ":".join(str(d) for d in v) or None
+        return v
 
     @field_validator("database_url")
     @classmethod
