@@ -109,11 +109,16 @@ class BaseBackupManifest(_ManifestBase):
     start_wal: str
     stop_wal: str
     start_time: datetime
-    stop_time: datetime
+    stop_time: datetime = Field(description="server clock, read after the backup ended (never before it)")
     data_size: int = Field(0, description="bytes of the data directory")
     tablespaces: dict[str, str] = Field(default_factory=dict, description="oid -> original path")
     files: list[StoredObject]
     backup_manifest: StoredObject | None = None
+    end_snapshot: str | None = Field(
+        None,
+        description="pg_current_snapshot() (xmin:xmax:xip) taken after the backup ended: transactions it shows "
+        "as finished committed before the backup was consistent, so an xid target needs an older backup",
+    )
 
     @property
     def objects(self) -> list[StoredObject]:

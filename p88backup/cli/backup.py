@@ -154,18 +154,28 @@ def verify_cmd(app: App, backup: str, kind: str, as_json: bool) -> None:
     default=600,
     show_default=True,
     metavar="SECONDS",
-    help="How long to wait for the backup's WAL to reach the archive before failing.",
+    help="How long to wait for WAL to reach the archive (the check before, the backup's own WAL after).",
+)
+@click.option(
+    "--no-archive-check",
+    is_flag=True,
+    help="Skip proving, before the backup, that WAL reaches the archive (a forced segment switch).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @wait_option
 @pass_app
-def basebackup_cmd(app: App, wal_timeout: float, as_json: bool, wait: float) -> None:
+def basebackup_cmd(app: App, wal_timeout: float, no_archive_check: bool, as_json: bool, wait: float) -> None:
     """Take a base backup for point-in-time recovery.
 
     pg_basebackup (tar, without WAL) streams through zstd (and age) into
     storage. The backup is listed only once all the WAL it needs has been
     archived (by archive_command = 'p88backup wal-push %p' or by
     p88backup wal-stream), so every listed base backup is restorable.
+
+    Every wait is bounded by --wal-timeout: first a forced WAL switch must
+    reach the archive (archiving works at all), then the server's wait for
+    the backup's own WAL. When WAL is not being archived it exits 17 and
+    says what the server's archiver reports.
     """
     from p88backup.cli.catalog import backup_row
     from p88backup.core.pitr.basebackup import BaseBackupOptions, BaseBackupRunner
@@ -173,7 +183,7 @@ def basebackup_cmd(app: App, wal_timeout: float, as_json: bool, wait: float) -> 
 
     s = app.settings
     t0 = time.monotonic()
-    options = BaseBackupOptions(wal_timeout=wal_timeout, pg_bin_dir=s.pg_bin_dir)
+    options = BaseBackupOptions(wal_timeout=wal_timeout, pg_bin_dir=s.pg_bin_dir, archive_check=not no_archive_check)
     with job_lock(s.lock_dir, "basebackup", wait=wait), byte_progress("pg_basebackup") as progress:
         manifest = BaseBackupRunner(app.conninfo, app.storage, app.codec, options, progress=progress).run()
     seconds = round(time.monotonic() - t0, 2)
