@@ -1,28 +1,120 @@
-"""Session fixtures: real PostgreSQL, S3 (moto and MinIO) and OpenSearch.
+"""Session fixtures: real PostgreSQL (of a chosen major), S3 (moto and MinIO) and OpenSearch.
 
 A service given by the environment wins over starting one (see
 ``scripts/services env``). When a service cannot be started, tests that need
 it are skipped on a developer machine, but fail under ``CI=true``.
+
+PostgreSQL majors: a test marked ``@pytest.mark.matrix`` runs once per major of
+``MATRIX_MAJORS`` (ids ``pg15``, ``pg16``, ``pg18``); every other test that makes
+clusters runs once, on the production major 16 (id ``pg16``). ``pg_factory`` and
+fixtures that take ``pg_major`` follow it. ``P88_TEST_PG_MAJOR=N`` runs it all on N.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness.helpers import new_bucket, unavailable
-from tests.harness.postgres import PgCluster
+from tests.harness.helpers import INTEGRITY_CHECKS, new_bucket, unavailable
+from tests.harness.postgres import (
+    MATRIX_MAJORS,
+    PgCluster,
+    bin_dir_for,
+    default_major,
+    installs,
+    stop_servers_under,
+)
 from tests.harness.s3 import S3Server, start_minio, start_moto
+
+
+def matrix_majors() -> list[int]:
+    return [int(os.environ["P88_TEST_PG_MAJOR"])] if os.environ.get("P88_TEST_PG_MAJOR") else list(MATRIX_MAJORS)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Give every test that makes clusters its major, visible in its id."""
+    matrix = metafunc.definition.get_closest_marker("matrix") is not None
+    if "pg_major" not in metafunc.fixturenames:
+        if matrix:
+            raise pytest.UsageError(
+                f"{metafunc.definition.nodeid} is marked matrix but none of its fixtures takes pg_major"
+            )
+        return
+    majors = matrix_majors() if matrix else [default_major()]
+    metafunc.parametrize("pg_major", majors, ids=[f"pg{m}" for m in majors], indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def pg_major(request: pytest.FixtureRequest) -> int:
+    """The PostgreSQL major of this test's clusters."""
+    major = int(getattr(request, "param", default_major()))
+    try:
+        bin_dir_for(major)
+    except RuntimeError as exc:
+        unavailable(f"PostgreSQL {major}", exc)
+    return major
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_left_running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Set up first, torn down last (also after a timeout or Ctrl-C): stop any PostgreSQL server
+    still running under this session's temp dir, e.g. one a timed-out test or a restore started."""
+    yield
+    for datadir in stop_servers_under(tmp_path_factory.getbasetemp()):
+        print(f"\nharness: stopped a PostgreSQL server left running in {datadir}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # "no tests ran" (exit 5) must not pass silently anywhere.
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Which integrity check ran on which major (amcheck where installed, else pg_checksums)."""
+    if not INTEGRITY_CHECKS:
+        return
+    counts = Counter((major, check) for _, major, check in INTEGRITY_CHECKS)
+    terminalreporter.section("integrity checks of restored clusters")
+    for (major, check), n in sorted(counts.items()):
+        terminalreporter.line(f"PostgreSQL {major}: {check} x{n}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def service_user_can_run_the_cli(request: pytest.FixtureRequest) -> None:
+    """As root, test servers run as ``postgres`` and call the venv's p88backup from archive_command
+    and restore_command, and the servers themselves may live in the venv (the wheel's 16 and 18).
+    If that user cannot run them, every archive attempt fails and base backups wait for WAL that
+    never comes: stop the whole session now, with the reason, instead."""
+    if os.geteuid() != 0 or not any("integration" in item.nodeid for item in request.session.items):
+        return
+    from tests.harness.archiving import P88
+    from tests.harness.procs import service_user
+
+    user = service_user()
+    programs = [[P88, "--version"]] + [[str(d / "postgres"), "--version"] for d in installs().values()]
+    for argv in programs:
+        try:
+            r = subprocess.run(
+                argv, user=user, group=user, extra_groups=[], capture_output=True, text=True, timeout=60, cwd="/"
+            )
+            failure = None if r.returncode == 0 else f"exit {r.returncode}: {(r.stderr or r.stdout).strip()[-500:]}"
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            failure = str(exc)
+        if failure:
+            pytest.exit(
+                f"the {user} user cannot run {argv[0]} ({failure}). Test servers run as {user} and call it"
+                " from archive_command/restore_command, so archiving would fail and tests would wait for it."
+                " Run scripts/setup as root (it makes the clone's parent directories traversable), or clone"
+                f" the repository where {user} can reach it.",
+                returncode=pytest.ExitCode.TESTS_FAILED,
+            )
 
 
 @pytest.fixture(scope="session")
@@ -37,12 +129,11 @@ def pg(services_dir: Path) -> Iterator[PgCluster]:
     """The shared cluster for logical-backup tests (wal_level=replica)."""
     datadir, port = os.environ.get("P88_TEST_PG_DATADIR"), os.environ.get("P88_TEST_PG_PORT")
     if datadir and port:
-        from tests.harness.postgres import default_bin_dir
-
+        major = int((Path(datadir) / "PG_VERSION").read_text().strip())
         yield PgCluster(
             Path(datadir),
             int(port),
-            default_bin_dir(),
+            bin_dir_for(major),
             Path(datadir).parent / "postgres.log",
             Path(datadir).parent / "sock",
         )
@@ -57,12 +148,13 @@ def pg(services_dir: Path) -> Iterator[PgCluster]:
 
 
 @pytest.fixture
-def pg_factory(tmp_path: Path) -> Iterator[Callable[..., PgCluster]]:
-    """Fresh clusters a test may break, stop or restore into."""
+def pg_factory(tmp_path: Path, pg_major: int) -> Iterator[Callable[..., PgCluster]]:
+    """Fresh clusters a test may break, stop or restore into, of the test's major unless told."""
     made: list[PgCluster] = []
 
     def make(name: str = "pg", **kw: Any) -> PgCluster:
         base = tmp_path / name
+        kw.setdefault("major", pg_major)
         try:
             cluster = PgCluster.create(base, **kw)
         except Exception as exc:

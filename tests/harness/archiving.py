@@ -25,13 +25,17 @@ def dumpall(pg: PgCluster, port: int | None = None) -> str:
         capture_output=True,
         text=True,
         check=True,
+        timeout=300,
     )
     return "\n".join(ln for ln in r.stdout.splitlines() if not ln.startswith(("\\restrict", "\\unrestrict")))
 
 
 def psql_at(pg: PgCluster, port: int, sql: str, db: str = "app") -> str:
     r = subprocess.run(
-        pg.client("psql", "-X", "-At", "-d", db, "-c", sql, host="localhost", port=port), capture_output=True, text=True
+        pg.client("psql", "-X", "-At", "-d", db, "-c", sql, host="localhost", port=port),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     return r.stdout.strip() if r.returncode == 0 else f"ERROR: {r.stderr.strip()}"
 
@@ -129,4 +133,5 @@ def stop_restored(arch: Archived, name: str) -> None:
         extra_groups=[] if user else None,
         capture_output=True,
         cwd="/",
+        timeout=90,
     )

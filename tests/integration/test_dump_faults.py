@@ -18,7 +18,7 @@ import pytest
 from p88backup.errors import ExitCode
 from p88backup.locks import job_lock
 from tests.harness.helpers import REPO, cli_env, json_out, ok, run_cli
-from tests.harness.postgres import PgCluster
+from tests.harness.postgres import PgCluster, contrib_major
 from tests.harness.s3 import S3Server, start_minio
 
 
@@ -26,7 +26,7 @@ from tests.harness.s3 import S3Server, start_minio
 def bigdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
     """A cluster whose dump takes a few seconds, so faults can land mid-stream."""
     base = tmp_path_factory.mktemp("faults")
-    cluster = PgCluster.create(base / "pg")
+    cluster = PgCluster.create(base / "pg", major=contrib_major())  # pgcrypto
     cluster.start()
     cluster.sql("CREATE DATABASE app")
     # random text, so it neither compresses nor dumps instantly
@@ -122,7 +122,7 @@ def test_pg_dump_killed_mid_stream(bigdb: PgCluster, tmp_path: Path) -> None:
 
 
 def test_postgres_stopped_mid_dump(pg_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cluster: PgCluster = pg_factory("stopme")
+    cluster: PgCluster = pg_factory("stopme", major=contrib_major())  # pgcrypto
     cluster.start()
     cluster.sql("CREATE DATABASE app")
     cluster.psql(

@@ -32,10 +32,10 @@ SOURCE_DB = "rich ünï"
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+def source(tmp_path_factory: pytest.TempPathFactory, pg_major: int) -> Iterator[PgCluster]:
     base = tmp_path_factory.mktemp("fidelity")
     base.chmod(0o777)
-    cluster = PgCluster.create(base / "pg")
+    cluster = PgCluster.create(base / "pg", major=pg_major)
     cluster.start()
     create_roles(cluster)
     load_rich(cluster, SOURCE_DB)
@@ -71,6 +71,7 @@ VARIANTS = {
 }
 
 
+@pytest.mark.matrix
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_dump_restore_is_identical(
     variant: str, source: PgCluster, expected: dict[str, object], tmp_path: Path, request: pytest.FixtureRequest
@@ -109,6 +110,7 @@ def test_dump_restore_is_identical(
         assert not source.sql("SELECT 1 FROM pg_database WHERE datname = 'copy2'")
 
 
+@pytest.mark.matrix
 def test_roles_and_data_into_a_fresh_cluster(
     source: PgCluster, expected: dict[str, object], tmp_path: Path, pg_factory
 ) -> None:  # type: ignore[no-untyped-def]

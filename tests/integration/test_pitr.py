@@ -91,6 +91,7 @@ def story(
                 stop_restored(arch, d.name)
 
 
+@pytest.mark.matrix
 def test_pitr_to_a_time_equals_the_source_at_that_time(story: tuple[Archived, Story]) -> None:
     arch, s = story
     result = restore(arch, s.t.isoformat(), "r-time")
@@ -107,6 +108,7 @@ def amcheck_port(pg: PgCluster, port: int) -> None:
     amcheck(PgCluster(pg.datadir, port, pg.bindir, pg.logfile, pg.socket_dir), "app")
 
 
+@pytest.mark.matrix
 def test_pitr_to_lsn_xid_name_latest_and_immediate(story: tuple[Archived, Story]) -> None:
     arch, s = story
     for target, name in ((f"lsn:{s.lsn}", "r-lsn"), (f"xid:{s.xid}", "r-xid")):
@@ -140,6 +142,7 @@ def test_pitr_to_lsn_xid_name_latest_and_immediate(story: tuple[Archived, Story]
     assert psql_at(arch.pg, port, "SELECT count(*), max(id) FROM important") == "80|80"
 
 
+@pytest.mark.matrix
 def test_second_pitr_on_the_new_timeline(pg_factory: Callable[..., PgCluster], tmp_path: Path) -> None:
     """Timeline 2 -> 3: the first restore becomes the new primary and archives; a later PITR follows it."""
     arch = make_archived(pg_factory, tmp_path, f"file://{tmp_path}/store", "push")

@@ -37,6 +37,7 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.matrix
 def test_push_is_idempotent_and_never_overwrites(archived: Archived, tmp_path: Path) -> None:
     names = segments_archived(archived, 3)
     assert archived.pg.scalar("SELECT failed_count FROM pg_stat_archiver") == 0
