@@ -13,7 +13,6 @@ fixtures that take ``pg_major`` follow it. ``P88_TEST_PG_MAJOR=N`` runs it all o
 from __future__ import annotations
 
 import os
-import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,29 +91,22 @@ def service_user_can_run_the_cli(request: pytest.FixtureRequest) -> None:
     and restore_command, and the servers themselves may live in the venv (the wheel's 16 and 18).
     If that user cannot run them, every archive attempt fails and base backups wait for WAL that
     never comes: stop the whole session now, with the reason, instead."""
-    if os.geteuid() != 0 or not any("integration" in item.nodeid for item in request.session.items):
+    if os.geteuid() != 0 or not any("integration" in item.path.parts for item in request.session.items):
         return
     from tests.harness.archiving import P88
-    from tests.harness.procs import service_user
+    from tests.harness.procs import service_user, service_user_cannot_run
 
-    user = service_user()
     programs = [[P88, "--version"]] + [[str(d / "postgres"), "--version"] for d in installs().values()]
-    for argv in programs:
-        try:
-            r = subprocess.run(
-                argv, user=user, group=user, extra_groups=[], capture_output=True, text=True, timeout=60, cwd="/"
-            )
-            failure = None if r.returncode == 0 else f"exit {r.returncode}: {(r.stderr or r.stdout).strip()[-500:]}"
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            failure = str(exc)
-        if failure:
-            pytest.exit(
-                f"the {user} user cannot run {argv[0]} ({failure}). Test servers run as {user} and call it"
-                " from archive_command/restore_command, so archiving would fail and tests would wait for it."
-                " Run scripts/setup as root (it makes the clone's parent directories traversable), or clone"
-                f" the repository where {user} can reach it.",
-                returncode=pytest.ExitCode.TESTS_FAILED,
-            )
+    failure = service_user_cannot_run(programs)
+    if failure:
+        user = service_user()
+        pytest.exit(
+            f"the {user} user cannot run {failure}\nTest servers run as {user} and call p88backup from"
+            " archive_command/restore_command: archiving would fail and tests would wait for it. Run"
+            " scripts/setup as root (it makes the clone's parent directories traversable), or clone the"
+            f" repository where {user} can reach it.",
+            returncode=pytest.ExitCode.TESTS_FAILED,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -83,5 +83,27 @@ def make_traversable(path: Path) -> None:
             os.chmod(parent, (mode & 0o7777) | 0o001)
 
 
+def service_user_cannot_run(argvs: list[list[str]], timeout: float = 60) -> str | None:
+    """Why the service user cannot run one of these commands (each a quick ``--version``), or None.
+
+    As root, test servers run as ``postgres``; a program they call (archive_command) or are (the
+    wheel's servers inside the venv) must be reachable by that user, which a 0700 parent directory
+    such as root's home on a fresh machine prevents.
+    """
+    user = service_user()
+    if user is None:
+        return None
+    for argv in argvs:
+        try:
+            r = subprocess.run(
+                argv, user=user, group=user, extra_groups=[], capture_output=True, text=True, timeout=timeout, cwd="/"
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{argv[0]}: {exc}"
+        if r.returncode != 0:
+            return f"{argv[0]}: exit {r.returncode}: {(r.stderr or r.stdout).strip()[-500:]}"
+    return None
+
+
 def ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
