@@ -1,7 +1,8 @@
 """Retention policy: which backups to keep and which to expire.
 
 Pure functions over a list of :class:`Candidate` backups; nothing here reads
-storage or the clock (the caller passes ``now``). Two planners:
+storage or the clock (the caller passes ``now``). Two planners, then the
+timeline-aware ones for base backups and WAL built on the second:
 
 :func:`plan_gfs` — grandfather-father-son, like ``borg prune`` / ``restic forget``:
 
@@ -41,14 +42,51 @@ Guards that both planners apply on top of their rules:
 
 Times must be timezone-aware; duplicate or empty ids raise :class:`ValueError`.
 ``Decision.keep`` lists kept ids oldest first with their reasons in a fixed
-order; ``Decision.expire`` lists ids to delete, oldest first.
+order; ``Decision.expire`` lists ids to delete, oldest first, and
+``Decision.expire_reasons`` says why each goes.
+
+:func:`plan_base_backups` — the count-or-window rule applied the way WAL
+replay works after a point-in-time restore (DESIGN §3.11). The *live*
+timeline is the one ``recovery_target_timeline = 'latest'`` follows
+(:func:`p88backup.core.wal.timelines.live_timeline`), and each base backup is
+one of:
+
+* **live** — its WAL range lies on the live timeline's history
+  (:func:`~p88backup.core.wal.timelines.backup_on_history`, as for the PITR
+  planner). Only these count toward ``keep`` and the window, and only these
+  are coverage: the newest good one is never expired.
+* **abandoned** — on a branch the live history left (timeline 1 past the point
+  where a restore branched timeline 2 off it, or a sibling timeline). Never
+  counted, never coverage. The stated rule: an abandoned backup is kept while
+  it is younger than the window (good ones only), or while it is newer than
+  every good backup on the live history — that is, until the live timeline
+  has a base backup of its own taken after it. So a restore that abandoned a
+  branch leaves that branch inspectable (``restore --timeline N``) until the
+  next base backup of the new production timeline, and no longer than the
+  window after that; it never pins the branch's WAL for ever.
+* **unfollowed** — on a timeline above the live one: the history files do not
+  reach it (a ``.history`` file is missing from the archive). Kept, and the
+  WAL plan is held, until the archive is repaired: deleting on a guess about
+  timelines is not recoverable.
+
+:func:`plan_wal` — which archived WAL files no retained base backup needs.
+Each kept base backup needs, from its start segment on, every file recovery
+reads to reach the end of the timeline it follows (the live one, or its own
+for an abandoned backup): the parent timeline's segments before each switch
+and the child's from the switch segment on (see
+:mod:`p88backup.core.wal.names`). History files are always kept; so is
+everything on timelines above the live one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from p88backup.core.wal import names as walnames
+from p88backup.core.wal.timelines import backup_on_history, live_timeline
 
 REASON_NEWEST = "newest"
 REASON_MIN = "min"
@@ -56,6 +94,12 @@ REASON_COUNT = "count"
 REASON_WINDOW = "window"
 REASON_FUTURE = "future"
 REASON_NEWER_THAN_GOOD = "newer than last good"
+REASON_ABANDONED_WINDOW = "abandoned branch, window"
+REASON_ABANDONED_NEWER = "abandoned branch, newer than every backup on the live timeline"
+REASON_UNFOLLOWED = "timeline not reached by the history files"
+REASON_HELD = "held: timelines unknown"
+
+Branch = Literal["live", "abandoned", "unfollowed"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +109,14 @@ class Candidate:
     id: str
     time: datetime  # timezone-aware; bucketed in UTC
     good: bool = True  # False: failed verification, never kept by a rule
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseCandidate(Candidate):
+    """A base backup: ``time`` is when it started; its timeline and stop LSN place it on a branch."""
+
+    timeline: int
+    stop_lsn: str
 
 
 @dataclass(frozen=True)
@@ -93,10 +145,43 @@ class BaseBackupPolicy:
 
 @dataclass(frozen=True)
 class Decision:
-    """The plan: kept ids (oldest first) with why, and ids to delete (oldest first)."""
+    """The plan: kept ids (oldest first) with why, and ids to delete (oldest first) with why."""
 
     keep: dict[str, list[str]]
     expire: list[str]
+    expire_reasons: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseBackupDecision(Decision):
+    """:func:`plan_base_backups`' plan, and what it saw: the live timeline and each backup's branch.
+
+    ``held`` (with ``live_timeline`` None and every backup kept) when the
+    timelines could not be read: see :func:`hold_base_backups`.
+    """
+
+    live_timeline: int | None
+    branch: dict[str, Branch]
+    # id -> where an abandoned or unfollowed backup lies, for people reading the plan
+    notes: dict[str, str] = field(default_factory=dict)
+    held: str | None = None
+
+
+@dataclass(frozen=True)
+class WalNeed:
+    """A retained base backup's claim on the archive: every file from ``start_wal`` to the end of ``timeline``."""
+
+    backup_id: str
+    start_wal: str
+    timeline: int  # the timeline its recovery follows to the end
+
+
+@dataclass(frozen=True)
+class WalDecision:
+    """WAL file names to delete (archive order), or why nothing may be deleted now."""
+
+    expire: list[str]
+    held: str | None = None
 
 
 def _day(t: datetime) -> str:
@@ -166,10 +251,16 @@ def _safety_guards(rows: list[tuple[datetime, Candidate]], now: datetime, reason
             reasons[c.id].append(REASON_NEWER_THAN_GOOD)
 
 
-def _decide(rows: list[tuple[datetime, Candidate]], reasons: dict[str, list[str]]) -> Decision:
+def _decide(
+    rows: list[tuple[datetime, Candidate]], reasons: dict[str, list[str]], why_not: Callable[[Candidate], str]
+) -> Decision:
     keep = {c.id: reasons[c.id] for _, c in rows if reasons[c.id]}
     expire = [c.id for _, c in rows if not reasons[c.id]]
-    return Decision(keep=keep, expire=expire)
+    by_id = {c.id: c for _, c in rows}
+    return Decision(keep=keep, expire=expire, expire_reasons={i: why_not(by_id[i]) for i in expire})
+
+
+_BAD = "failed verification and a newer good backup exists"
 
 
 def plan_gfs(candidates: Sequence[Candidate], policy: GfsPolicy, now: datetime) -> Decision:
@@ -181,8 +272,8 @@ def plan_gfs(candidates: Sequence[Candidate], policy: GfsPolicy, now: datetime) 
     reasons: dict[str, list[str]] = {c.id: [] for _, c in rows}
     newest_first = [(t, c) for t, c in reversed(rows) if c.good]
 
-    for label, field, period_of in _GFS_RULES:
-        quota: int = getattr(policy, field)
+    for label, quota_field, period_of in _GFS_RULES:
+        quota: int = getattr(policy, quota_field)
         periods_kept = 0
         last_period: str | None = None
         for t, c in newest_first:
@@ -197,7 +288,11 @@ def plan_gfs(candidates: Sequence[Candidate], policy: GfsPolicy, now: datetime) 
 
     _newest_guards(newest_first, policy.keep_min, REASON_MIN, reasons)
     _safety_guards(rows, now, reasons)
-    return _decide(rows, reasons)
+    outside = (
+        f"not the newest of its day, week or month within keep_daily={policy.keep_daily}, "
+        f"keep_weekly={policy.keep_weekly}, keep_monthly={policy.keep_monthly} (keep_min={policy.keep_min})"
+    )
+    return _decide(rows, reasons, lambda c: outside if c.good else _BAD)
 
 
 def plan_count_or_window(
@@ -230,4 +325,134 @@ def plan_count_or_window(
                 reasons[c.id].append(REASON_WINDOW)
     _newest_guards(newest_first, keep, REASON_COUNT, reasons)
     _safety_guards(rows, now, reasons)
-    return _decide(rows, reasons)
+    outside = f"older than the newest {keep}" + (f" and than the window ({window})" if window is not None else "")
+    return _decide(rows, reasons, lambda c: outside if c.good else _BAD)
+
+
+def _branch_note(c: BaseCandidate, histories: Mapping[int, list[walnames.HistoryEntry]], live: int) -> str:
+    """Where an off-history backup lies, in words an operator can check against the history files."""
+    for entry in histories.get(live, []):
+        if entry.parent_timeline == c.timeline:
+            return (
+                f"timeline {c.timeline} past {walnames.format_lsn(entry.switchpoint)}, "
+                f"where the live timeline {live}'s history left it"
+            )
+    return f"timeline {c.timeline} is not on the live timeline {live}'s history"
+
+
+def plan_base_backups(
+    candidates: Sequence[BaseCandidate],
+    policy: BaseBackupPolicy,
+    now: datetime,
+    histories: Mapping[int, list[walnames.HistoryEntry]],
+) -> BaseBackupDecision:
+    """Count-or-window over the backups on the live timeline's history; see the module docstring.
+
+    ``histories`` maps each timeline with an archived ``.history`` file to its
+    parsed content. Kept ids come oldest first with reasons, expired ones with
+    why; ``branch`` says where each backup lies and ``notes`` explains the
+    off-history ones.
+    """
+    now = _aware(now, "now")
+    rows = _sorted(candidates)  # validates every candidate, whatever its branch
+    live = live_timeline(histories, (c.timeline for c in candidates))
+    branch: dict[str, Branch] = {}
+    notes: dict[str, str] = {}
+    for bc in candidates:
+        if bc.timeline > live:
+            branch[bc.id] = "unfollowed"
+            notes[bc.id] = f"timeline {bc.timeline}: {live + 1:08X}.history is not in the archive"
+        elif backup_on_history(bc.timeline, bc.stop_lsn, histories, live):
+            branch[bc.id] = "live"
+        else:
+            branch[bc.id] = "abandoned"
+            notes[bc.id] = _branch_note(bc, histories, live)
+
+    on_live = plan_count_or_window(
+        [bc for bc in candidates if branch[bc.id] == "live"], policy.keep, policy.window, now
+    )
+    reasons: dict[str, list[str]] = {c.id: list(on_live.keep.get(c.id, [])) for _, c in rows}
+    live_good = [(t, c.id) for t, c in rows if branch[c.id] == "live" and c.good]
+    newest_live = max(live_good, default=None)
+    horizon = now - policy.window if policy.window is not None else None
+    for t, c in rows:
+        if branch[c.id] == "unfollowed":
+            reasons[c.id].append(REASON_UNFOLLOWED)
+        elif branch[c.id] == "abandoned":
+            if horizon is not None and c.good and t >= horizon:
+                reasons[c.id].append(REASON_ABANDONED_WINDOW)
+            if newest_live is None or (t, c.id) > newest_live:
+                reasons[c.id].append(REASON_ABANDONED_NEWER)
+            if t > now:
+                reasons[c.id].append(REASON_FUTURE)
+
+    def why_not(c: Candidate) -> str:
+        if branch[c.id] == "live":
+            return on_live.expire_reasons[c.id]
+        window = f", older than the window ({policy.window})" if policy.window is not None else ""
+        return f"abandoned branch{window}; timeline {live} has a newer base backup"
+
+    decided = _decide(rows, reasons, why_not)
+    return BaseBackupDecision(
+        keep=decided.keep,
+        expire=decided.expire,
+        expire_reasons=decided.expire_reasons,
+        live_timeline=live,
+        branch={c.id: branch[c.id] for _, c in rows},
+        notes=notes,
+    )
+
+
+def plan_wal(
+    names: Iterable[str],
+    needs: Sequence[WalNeed],
+    histories: Mapping[int, list[walnames.HistoryEntry]],
+    live: int,
+    segment_size: int = walnames.DEFAULT_SEGMENT_SIZE,
+) -> WalDecision:
+    """The archived WAL files (``names``) that no retained base backup (``needs``) can use.
+
+    Nothing is deleted — ``held`` says why — when no retained backup follows
+    the live timeline (none of the archive is known to be useless then), when
+    a retained backup lies on a timeline above the live one (its ancestry is
+    unknown), or when a start segment or a history cannot be read. A name that
+    is not a WAL file name for ``segment_size`` is kept.
+    """
+    if not any(n.timeline == live for n in needs):
+        return WalDecision([], held=f"no retained base backup lies on the live timeline {live}'s history")
+    beyond = sorted({n.timeline for n in needs if n.timeline > live})
+    if beyond:
+        return WalDecision(
+            [], held=f"retained base backups on timeline {beyond[0]}, which the archived history files do not reach"
+        )
+    try:
+        claims = [
+            (walnames.parse_segment_name(n.start_wal, segment_size)[1], n.timeline, histories.get(n.timeline, []))
+            for n in needs
+        ]
+        expire = []
+        for name in names:
+            try:
+                wal = walnames.classify(name, segment_size)
+            except walnames.WalNameError:
+                continue
+            if wal.segno is None or wal.timeline > live:
+                continue  # history files, and timelines the history files do not reach: always kept
+            start = walnames.segment_start_lsn(wal.segno, segment_size)
+            if not any(
+                wal.segno >= first
+                and walnames.timeline_of_segment_at(history, followed, start, segment_size) == wal.timeline
+                for first, followed, history in claims
+            ):
+                expire.append(name)
+    except walnames.WalNameError as exc:
+        return WalDecision([], held=f"cannot follow the timelines: {exc}")
+    return WalDecision(expire)
+
+
+def hold_base_backups(candidates: Sequence[BaseCandidate], why: str) -> BaseBackupDecision:
+    """Keep every base backup: which are coverage depends on timeline histories that could not be read."""
+    rows = _sorted(candidates)
+    return BaseBackupDecision(
+        keep={c.id: [REASON_HELD] for _, c in rows}, expire=[], live_timeline=None, branch={}, held=why
+    )
