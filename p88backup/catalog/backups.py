@@ -4,6 +4,14 @@ A backup is visible only through its manifest, and the manifest is written
 last, create-only, after every object it names is stored (DESIGN §3.1).
 Directories without a manifest are incomplete runs ("orphans"): never
 listed as backups, removed by ``expire`` once older than the grace period.
+
+A manifest is not trusted blindly: ``expire`` deletes what manifests name,
+so a manifest must describe the directory it lies in — its id is the
+directory's name, its kind the directory's kind, every object it names lies
+under that directory, and a base backup's start segment is its start LSN's
+on its own timeline. Anything else (an edited manifest, a backup folder
+copied under another id) is refused on :meth:`Catalog.read` and reported and
+skipped by :meth:`Catalog.scan`; nothing it names is ever deleted.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import functools
 import io
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +44,16 @@ def _adapter() -> TypeAdapter[DumpManifest | BaseBackupManifest]:
 
 
 @dataclass(frozen=True)
+class BadManifest:
+    """A manifest that cannot be read or does not describe its own directory."""
+
+    kind: Kind
+    id: str  # the directory's name
+    key: str
+    error: str
+
+
+@dataclass(frozen=True)
 class Orphan:
     kind: Kind
     id: str
@@ -48,7 +67,7 @@ class Catalog:
 
     # -- reading ------------------------------------------------------------
 
-    def _parse(self, key: str, raw: bytes) -> DumpManifest | BaseBackupManifest:
+    def _parse(self, kind: Kind, bid: str, key: str, raw: bytes) -> DumpManifest | BaseBackupManifest:
         try:
             doc = json.loads(raw)
         except ValueError:
@@ -60,18 +79,21 @@ class Catalog:
                 hint="use a p88backup release that knows this version",
             )
         try:
-            return _adapter().validate_python(doc)
+            manifest = _adapter().validate_python(doc)
         except ValidationError as exc:
             raise VerifyError(f"manifest {key} is malformed: {exc.errors()[0]['msg']}") from None
+        _check_belongs(manifest, kind, bid, key)
+        return manifest
 
     def read(self, kind: Kind, bid: str) -> DumpManifest | BaseBackupManifest:
+        """The manifest of backup ``bid``; VerifyError if it is unreadable or not this backup's."""
         key = layout.manifest_key(kind, bid)
         try:
             with self.storage.open(key) as fh:
                 raw = fh.read()
         except ObjectNotFoundError:
             raise NotFoundError(f"no {kind} backup {bid} in {self.storage.url}") from None
-        return self._parse(key, raw)
+        return self._parse(kind, bid, key, raw)
 
     def ids(self, kind: Kind) -> list[str]:
         """Ids of complete backups of ``kind``, oldest first."""
@@ -82,15 +104,35 @@ class Catalog:
                 out.append(parsed[1])
         return sorted(out)
 
-    def manifests(self, kind: Kind) -> list[DumpManifest | BaseBackupManifest]:
-        """Complete backups of ``kind``, oldest first. Unreadable manifests are logged and skipped."""
-        found = []
-        for bid in self.ids(kind):
+    def scan(self, kind: Kind) -> tuple[list[DumpManifest | BaseBackupManifest], list[BadManifest]]:
+        """Good manifests of ``kind`` (oldest first), and the bad ones, each logged at ERROR.
+
+        Bad: unreadable, not describing its own directory (see the module
+        docstring), or in a directory whose name is not a backup id.
+        """
+        found: list[DumpManifest | BaseBackupManifest] = []
+        bad: list[BadManifest] = []
+        prefix = layout.KIND_DIRS[kind] + "/"
+        for obj in self.storage.list(prefix):
+            parts = obj.key.split("/")
+            if len(parts) != 3 or parts[2] != layout.MANIFEST:
+                continue
+            bid = parts[1]
             try:
+                if not layout.is_backup_id(bid):
+                    raise VerifyError(f"manifest {obj.key} is in a folder whose name is not a backup id")
                 found.append(self.read(kind, bid))
+            except NotFoundError:
+                continue  # deleted since the listing
             except VerifyError as exc:
-                log.error("skipping unreadable manifest", extra={"p88": {"id": bid, "error": str(exc)}})
-        return found
+                bad.append(BadManifest(kind, bid, obj.key, str(exc)))
+                log.error("skipping bad manifest", extra={"p88": {"key": obj.key, "error": str(exc)}})
+        found.sort(key=lambda m: m.id)
+        return found, bad
+
+    def manifests(self, kind: Kind) -> list[DumpManifest | BaseBackupManifest]:
+        """Complete backups of ``kind``, oldest first. Bad manifests are logged and skipped."""
+        return self.scan(kind)[0]
 
     def dumps(self) -> list[DumpManifest]:
         return [m for m in self.manifests("dump") if isinstance(m, DumpManifest)]
@@ -183,6 +225,55 @@ class Catalog:
         """Manifest first, so a half-deleted backup is never listed as good."""
         self.storage.delete(layout.manifest_key(manifest.kind, manifest.id))
         self.storage.delete_many(o.key for o in manifest.objects)
+
+
+def _check_belongs(manifest: DumpManifest | BaseBackupManifest, kind: Kind, bid: str, key: str) -> None:
+    """Refuse a manifest that does not describe the directory it was read from."""
+    if manifest.kind != kind:
+        raise VerifyError(f"manifest {key} describes a {manifest.kind}, but lies among the {kind} backups")
+    if manifest.id != bid:
+        raise VerifyError(
+            f"manifest {key} is the manifest of backup {manifest.id}, not {bid}",
+            hint="a backup folder copied or renamed by hand? remove the copy",
+        )
+    home = layout.backup_dir(kind, bid)
+    for obj in manifest.objects:
+        parts = obj.key.split("/")
+        if not obj.key.startswith(home) or any(p in ("", ".", "..") for p in parts):
+            # expire deletes what a manifest names: only ever inside its own folder
+            raise VerifyError(f"manifest {key} names an object outside {home}: {obj.key}")
+    if isinstance(manifest, BaseBackupManifest):
+        _check_wal_fields(manifest, key)
+
+
+def _check_wal_fields(m: BaseBackupManifest, key: str) -> None:
+    """Retention trusts start_wal to say which WAL the backup needs: it must agree with start_lsn."""
+    start = _lsn(m.start_lsn, key, "start_lsn")
+    if _lsn(m.stop_lsn, key, "stop_lsn") < start:
+        raise VerifyError(f"manifest {key}: stop_lsn {m.stop_lsn} is before start_lsn {m.start_lsn}")
+    tli = f"{m.timeline:08X}"
+    if not _SEGMENT_RE.fullmatch(m.start_wal) or m.start_wal[:8] != tli:
+        raise VerifyError(f"manifest {key}: start_wal {m.start_wal} is not a segment of timeline {m.timeline}")
+    if not _SEGMENT_RE.fullmatch(m.stop_wal) or m.stop_wal[:8] < tli:
+        raise VerifyError(f"manifest {key}: stop_wal {m.stop_wal} is not a segment of timeline {m.timeline} or later")
+    # The segment size is not recorded (yet): the name must be start_lsn's segment
+    # for one of the sizes PostgreSQL allows. The first half of the name is the
+    # LSN's high 32 bits whatever the size.
+    sizes = [1 << bits for bits in range(20, 31)]
+    low = int(m.start_wal[16:], 16)
+    if int(m.start_wal[8:16], 16) != start >> 32 or not any((start & 0xFFFF_FFFF) // s == low for s in sizes):
+        raise VerifyError(f"manifest {key}: start_wal {m.start_wal} does not hold start_lsn {m.start_lsn}")
+
+
+_SEGMENT_RE = re.compile(r"[0-9A-F]{24}")
+_LSN_RE = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+
+
+def _lsn(text: str, key: str, what: str) -> int:
+    m = _LSN_RE.fullmatch(text)
+    if m is None:
+        raise VerifyError(f"manifest {key}: {what} {text!r} is not an LSN")
+    return int(m[1], 16) << 32 | int(m[2], 16)
 
 
 class PendingBackup:

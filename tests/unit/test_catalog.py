@@ -153,3 +153,112 @@ def test_delete_removes_manifest_then_objects(catalog: Catalog) -> None:
     catalog.write(m)
     catalog.delete(m)
     assert list(catalog.storage.list("dumps/")) == []
+
+
+# -- manifests must describe their own folder (issue 10 item 15) -----------------------------------
+
+BID = "20261127T021500Z"
+
+
+def _dump(**change: Any) -> dict[str, Any]:
+    doc = json.loads(manifest(BID, T0).model_dump_json())
+    doc.update(change)
+    return doc
+
+
+def _base(**change: Any) -> dict[str, Any]:
+    from tests.harness.helpers import fake_basebackup_manifest
+
+    doc = json.loads(fake_basebackup_manifest(BID, T0, "000000020000000300000004").model_dump_json())
+    doc.update(change)
+    return doc
+
+
+def _objects(*keys: str) -> list[dict[str, Any]]:
+    return [{"key": k, "size": 1, "sha256": "0" * 64} for k in keys]
+
+
+def _db(*keys: str) -> list[dict[str, Any]]:
+    return [{"name": "p88", "format": "custom", "objects": _objects(*keys)}]
+
+
+@pytest.mark.parametrize(
+    ("kind", "doc", "error"),
+    [
+        pytest.param("dump", _dump(id="20261126T021500Z"), "manifest of backup 20261126T021500Z, not", id="other-id"),
+        pytest.param("basebackup", _dump(), "describes a dump, but lies among the basebackup", id="wrong-kind"),
+        pytest.param(
+            "dump",
+            _dump(databases=_db("wal/00000001/000000010000000000000001.zst")),
+            "outside dumps/",
+            id="names-a-wal-object",
+        ),
+        pytest.param(
+            "dump",
+            _dump(databases=_db("dumps/20261126T021500Z/p88.pgdump.zst")),
+            "outside",
+            id="names-another-backups-object",
+        ),
+        pytest.param(
+            "dump", _dump(databases=_db(f"dumps/{BID}/../20261126T021500Z/p88.pgdump.zst")), "outside", id="climbs-out"
+        ),
+        pytest.param("dump", _dump(globals=_objects("restorepoints/x.json")[0]), "outside", id="globals-elsewhere"),
+        pytest.param(
+            "basebackup",
+            _base(files=_objects("basebackups/20261126T021500Z/base.tar.zst")),
+            "outside",
+            id="base-names-another-backups-tar",
+        ),
+        pytest.param(
+            "basebackup",
+            _base(start_wal="000000020000000300000009"),
+            "does not hold start_lsn",
+            id="start-wal-moved-on",
+        ),
+        pytest.param(
+            "basebackup",
+            _base(start_wal="000000010000000300000004"),
+            "not a segment of timeline 2",
+            id="start-wal-other-timeline",
+        ),
+        pytest.param("basebackup", _base(stop_lsn="0/1"), "before start_lsn", id="stops-before-it-starts"),
+        pytest.param("basebackup", _base(stop_wal="000000010000000300000004"), "stop_wal", id="stop-wal-earlier-tli"),
+    ],
+)
+def test_a_manifest_that_is_not_its_folders_is_refused(
+    catalog: Catalog, kind: layout.Kind, doc: dict[str, Any], error: str
+) -> None:
+    key = layout.manifest_key(kind, BID)
+    catalog.storage.put(key, io.BytesIO(json.dumps(doc).encode()))
+    with pytest.raises(VerifyError, match=error):
+        catalog.read(kind, BID)  # old code: returned it, and expire deleted what it named
+    good, bad = catalog.scan(kind)
+    assert good == [] and [(b.id, b.key) for b in bad] == [(BID, key)] and error.split()[0] in bad[0].error
+    assert catalog.manifests(kind) == []
+
+
+def test_scan_reports_manifests_in_folders_that_are_not_ids(catalog: Catalog) -> None:
+    good = manifest(BID, T0)
+    catalog.write(good)
+    catalog.storage.put("dumps/copy-of-it/manifest.json", io.BytesIO(good.model_dump_json().encode()))
+    found, bad = catalog.scan("dump")
+    assert [m.id for m in found] == [BID]
+    assert [(b.id, b.error) for b in bad] == [
+        ("copy-of-it", "manifest dumps/copy-of-it/manifest.json is in a folder whose name is not a backup id")
+    ]
+
+
+@pytest.mark.parametrize("segment_size_bits", [20, 24, 26, 30])
+def test_start_wal_of_any_segment_size_is_accepted(catalog: Catalog, segment_size_bits: int) -> None:
+    from p88backup.core.wal import names as walnames
+
+    size = 1 << segment_size_bits
+    lsn = 0x3_2345_6789
+    doc = _base(
+        start_lsn=walnames.format_lsn(lsn),
+        stop_lsn=walnames.format_lsn(lsn + 0x100),
+        start_wal=walnames.segment_for_lsn(2, lsn, size),
+        stop_wal=walnames.segment_for_lsn(2, lsn + 0x100, size),
+    )
+    catalog.storage.put(layout.manifest_key("basebackup", BID), io.BytesIO(json.dumps(doc).encode()))
+    assert catalog.read("basebackup", BID).id == BID
