@@ -7,7 +7,15 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from p88backup.core.pitr.plan import Target, choose_base_backup, parse_target, recovery_settings
+from p88backup.core.pitr.plan import (
+    Target,
+    check_wal,
+    choose_base_backup,
+    finished_by,
+    parse_target,
+    plan_recovery,
+    recovery_settings,
+)
 from p88backup.core.wal.names import HistoryEntry, parse_lsn
 from p88backup.errors import PitrTargetError
 
@@ -58,12 +66,15 @@ class B:
     start_lsn: str
     stop_lsn: str
     stop_time: datetime
+    end_snapshot: str | None = None
+    start_wal: str = ""
+    stop_wal: str = ""
 
 
 BACKUPS = [
-    B("b1", 1, "0/2000028", "0/2000100", T0),
-    B("b2", 1, "0/8000028", "0/8000100", T0 + timedelta(hours=24)),
-    B("b3", 2, "0/E000028", "0/E000100", T0 + timedelta(hours=48)),
+    B("b1", 1, "0/2000028", "0/2000100", T0, "100:110:"),
+    B("b2", 1, "0/8000028", "0/8000100", T0 + timedelta(hours=24), "500:505:501"),
+    B("b3", 2, "0/E000028", "0/E000100", T0 + timedelta(hours=48), "900:900:"),
 ]
 # timeline 2 branched from 1 at 0/A000000 (after b2, so b1 and b2 are on its history)
 HIST = {2: [HistoryEntry(1, parse_lsn("0/A000000"), "restore")]}
@@ -80,19 +91,51 @@ HIST = {2: [HistoryEntry(1, parse_lsn("0/A000000"), "restore")]}
         (Target("time", time=T0 + timedelta(hours=1)), 2, None, "b1"),
         (Target("lsn", lsn=parse_lsn("0/9000000")), 2, None, "b2"),
         (Target("lsn", lsn=parse_lsn("0/8000100")), 2, None, "b2"),
-        (Target("name", name="x"), 2, parse_lsn("0/5000000"), "b1"),
-        (Target("xid", xid=1000), 2, None, "b3"),
+        (Target("name", name="x"), 2, parse_lsn("0/5000000"), "b1"),  # recorded restore point
+        (Target("name", name="x"), 2, None, "b1"),  # not recorded: the oldest, from which it is reachable
+        # xid: the newest backup whose end snapshot shows the transaction unfinished
+        (Target("xid", xid=1000), 2, None, "b3"),  # not started when b3 ended
+        (Target("xid", xid=600), 2, None, "b2"),  # finished before b3 ended, not started when b2 ended
+        (Target("xid", xid=501), 2, None, "b2"),  # still running when b2 ended (in its xip list)
+        (Target("xid", xid=502), 2, None, "b1"),  # finished before b2 ended
     ],
 )
 def test_choose_base_backup(target: Target, tli: int, rp_lsn: int | None, chosen: str) -> None:
-    assert choose_base_backup(BACKUPS, target, histories=HIST, target_tli=tli, restore_point_lsn=rp_lsn).id == chosen
+    pick = choose_base_backup(BACKUPS, target, histories=HIST, target_tli=tli, restore_point_lsn=rp_lsn)
+    assert pick.backup.id == chosen
+
+
+def test_unrecorded_restore_point_warns_which_backup_it_uses() -> None:
+    pick = choose_base_backup(BACKUPS, Target("name", name="x"), histories=HIST, target_tli=2)
+    assert pick.warnings and "not recorded" in pick.warnings[0] and "b1" in pick.warnings[0]
+
+
+def test_xid_with_manifests_that_recorded_no_snapshot_takes_the_oldest_and_says_so() -> None:
+    old = [B(b.id, b.timeline, b.start_lsn, b.stop_lsn, b.stop_time) for b in BACKUPS]
+    pick = choose_base_backup(old, Target("xid", xid=600), histories=HIST, target_tli=2)
+    assert pick.backup.id == "b1" and "does not record" in pick.warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "xid", "finished"),
+    [
+        ("100:110:", 99, True),
+        ("100:110:", 100, True),
+        ("100:110:104,107", 104, False),
+        ("100:110:104,107", 105, True),
+        ("100:110:", 110, False),
+        ("100:100:", 5000, False),
+    ],
+)
+def test_finished_by(snapshot: str, xid: int, finished: bool) -> None:
+    assert finished_by(snapshot, xid) is finished
 
 
 def test_backup_on_an_abandoned_branch_is_not_used() -> None:
     # timeline 2 branched at 0/5000000: b2 (taken on 1 at 0/8000028, after the branch) is not on 2's history
     hist = {2: [HistoryEntry(1, parse_lsn("0/5000000"), "restore")]}
     pick = choose_base_backup(BACKUPS[:2], Target("latest"), histories=hist, target_tli=2)
-    assert pick.id == "b1"
+    assert pick.backup.id == "b1"
 
 
 @pytest.mark.parametrize(
@@ -101,11 +144,85 @@ def test_backup_on_an_abandoned_branch_is_not_used() -> None:
         ([], Target("latest"), "there are no base backups"),
         (BACKUPS, Target("time", time=T0 - timedelta(minutes=1)), "before the oldest usable base backup b1"),
         (BACKUPS, Target("lsn", lsn=parse_lsn("0/1000000")), "before the oldest usable base backup"),
+        (BACKUPS, Target("xid", xid=50), "had already finished when the oldest usable base backup b1 ended"),
     ],
 )
 def test_choose_refuses(backups: list[B], target: Target, message: str) -> None:
     with pytest.raises(PitrTargetError, match=message):
         choose_base_backup(backups, target, histories=HIST, target_tli=2)
+
+
+# -- WAL needed for a target (check_wal / plan_recovery) ---------------------------------------
+
+SEG = 16 * 1024 * 1024
+
+
+def seg(n: int, tli: int = 1) -> str:
+    return f"{tli:08X}{0:08X}{n:08X}"
+
+
+def archive(first: int, last: int, *, missing: tuple[int, ...] = (), tli: int = 1) -> dict[str, datetime | None]:
+    """Segments first..last, each stored ten minutes after the one before."""
+    return {seg(n, tli): T0 + timedelta(minutes=10 * n) for n in range(first, last + 1) if n not in missing}
+
+
+# b1 needs segments 2..2; the archive runs to segment 10 (stored at T0 + 100 min)
+PB = B("b1", 1, "0/2000028", "0/2000100", T0, None, seg(2), seg(2))
+
+
+@pytest.mark.parametrize(
+    ("target", "missing", "replay_to", "warning"),
+    [
+        (Target("latest"), (), seg(10), None),
+        (Target("immediate"), (6,), seg(2), None),  # a gap after the backup does not block the backup itself
+        (Target("lsn", lsn=4 * SEG + 100), (6,), seg(4), None),  # before the gap
+        (Target("time", time=T0 + timedelta(minutes=45)), (6,), None, None),  # segment 5 was stored at +50
+        (Target("name", name="x"), (6,), None, "if target name:x lies after it"),  # position unknown
+        (Target("xid", xid=1234), (6,), None, "if target xid:1234 lies after it"),
+    ],
+)
+def test_check_wal_needs_only_what_the_target_needs(
+    target: Target, missing: tuple[int, ...], replay_to: str | None, warning: str | None
+) -> None:
+    got = check_wal(PB, target, archive(2, 10, missing=missing), {}, 1)
+    assert got.replay_to == replay_to
+    assert (warning is None and not got.warnings) or (warning is not None and warning in got.warnings[0])
+
+
+@pytest.mark.parametrize(
+    ("target", "missing", "message"),
+    [
+        (Target("latest"), (6,), f"missing from the archive: {seg(6)}.*latest cannot be reached"),
+        (Target("latest"), (6, 7), f"{seg(6)} to {seg(7)}"),
+        (Target("lsn", lsn=7 * SEG), (6,), f"{seg(6)}.*lies after it"),
+        (Target("lsn", lsn=12 * SEG), (), "beyond the newest archived WAL"),
+        (Target("time", time=T0 + timedelta(minutes=55)), (6,), "cannot be reached; the newest reachable point"),
+        (Target("time", time=T0 + timedelta(hours=3)), (), "after the newest archived WAL"),
+        (Target("immediate"), (2,), "base backup b1 is incomplete"),
+    ],
+)
+def test_check_wal_refuses_what_the_archive_cannot_reach(
+    target: Target, missing: tuple[int, ...], message: str
+) -> None:
+    with pytest.raises(PitrTargetError, match=message):
+        check_wal(PB, target, archive(2, 10, missing=missing), {}, 1)
+
+
+def test_latest_refuses_a_timeline_it_cannot_follow() -> None:
+    # Timeline 2 has WAL in the archive but its history file never got there (a restore that
+    # promoted with archiving off, then ran as production): 'latest' must not follow timeline 1.
+    wal = archive(2, 10) | archive(9, 12, tli=2)
+    with pytest.raises(PitrTargetError, match="00000002.history is missing"):
+        plan_recovery([PB], Target("latest"), wal, {})
+    # Asked for on purpose, timeline 1 is restorable.
+    assert plan_recovery([PB], Target("latest"), wal, {}, timeline=1).replay_to == seg(10)
+
+
+def test_latest_follows_the_newest_timeline_and_its_newest_segment() -> None:
+    hist = {2: [HistoryEntry(1, 9 * SEG + 0x100, "restore")]}
+    wal = archive(2, 9) | archive(9, 12, tli=2) | {"00000002.history": T0}
+    plan = plan_recovery([PB], Target("latest"), wal, hist)
+    assert plan.timeline == 2 and plan.replay_to == seg(12, 2) and plan.backup_id == "b1"
 
 
 def test_recovery_settings() -> None:

@@ -7,9 +7,23 @@ from it onwards in the archive. Afterwards it checks the laid-out files
 against the backup's own manifest (``pg_verifybackup``) before any recovery
 setting is written.
 
-The restored server gets ``archive_mode = off`` unless asked otherwise: a
-trial restore that promoted and archived its new timeline into the
+Keys and programs are checked before the directory is touched, so a
+``--force`` restore never empties a directory it then cannot fill.
+
+The restore owns every recovery setting of the directory it writes
+(:mod:`p88backup.core.pitr.recoveryconf`, DESIGN §3.10): inherited ones are
+removed, its own go in one marked block, and once the server has promoted
+the recovery settings are removed again (with ``--stop``: the whole block,
+so the directory is an ordinary cluster for the real server's configuration).
+
+The restored server runs with ``archive_mode = off`` unless asked otherwise:
+a trial restore that promoted and archived its new timeline into the
 production archive would change what ``latest`` means for the next restore.
+Its new timeline's history file is marked ready for archiving, so that
+whoever archives this cluster once it becomes production archives that file
+first (DESIGN §3.11). After a ``latest`` restore the promotion point is
+checked against the newest archived WAL on the followed timeline: a recovery
+that stopped early fails loudly.
 """
 
 from __future__ import annotations
@@ -28,14 +42,15 @@ from pathlib import Path
 from p88backup.catalog.backups import Catalog
 from p88backup.catalog.models import BaseBackupManifest
 from p88backup.catalog.objects import check_stat, open_decoded
-from p88backup.core.pitr.plan import Target, choose_base_backup, recovery_settings
-from p88backup.core.pitr.server import RestoredServer
+from p88backup.core.pitr import recoveryconf
+from p88backup.core.pitr.plan import RECOVERY_PARAMETERS, RecoveryPlan, Target, plan_recovery, recovery_settings
+from p88backup.core.pitr.server import Promotion, RestoredServer
 from p88backup.core.wal import names as walnames
 from p88backup.core.wal.archive import WalArchive
 from p88backup.core.wal.restorepoints import restore_point_lsn
 from p88backup.errors import PgToolError, PitrTargetError, RefusedError, VerifyError
 from p88backup.pg.conn import ConnInfo
-from p88backup.pg.tools import client_for
+from p88backup.pg.tools import client_for, server_for
 from p88backup.storage import Storage
 from p88backup.stream import Codec, copy_stream, widen_pipe
 
@@ -81,10 +96,8 @@ class PitrResult:
     stopped: bool = False
     total_seconds: float = 0.0
     log_file: str | None = None
-
-
-def quote_conf(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    replayed_to: str | None = None  # newest archived segment the target needed (latest: all of them)
+    warnings: list[str] = field(default_factory=list)
 
 
 class PitrRestorer:
@@ -102,91 +115,59 @@ class PitrRestorer:
         self.conninfo, self.clock, self.sleep = conninfo, clock, sleep
         self.catalog = Catalog(storage)
         self.archive = WalArchive(storage, codec)
-        self._start_only: list[str] = []
+        self._wal_encrypted = False  # set by plan()
 
     # -- planning -------------------------------------------------------------
 
-    def plan(self) -> tuple[BaseBackupManifest, int, int, dict[int, list[walnames.HistoryEntry]]]:
-        """(base backup, timeline to follow, WAL segments available, histories) or PitrTargetError."""
+    def plan(self) -> tuple[BaseBackupManifest, RecoveryPlan]:
+        """The base backup and the plan (timeline, WAL check), or PitrTargetError before anything is touched."""
         backups = self.catalog.basebackups()
-        wal = dict(self.archive.objects())
-        histories = self.archive.histories(wal.items())
-        if self.opt.timeline:
-            tli = self.opt.timeline
-        else:  # what recovery_target_timeline = 'latest' will find: consecutive history files
-            tli = min((b.timeline for b in backups), default=1)
-            while tli + 1 in histories:
-                tli += 1
+        listing = list(self.archive.objects())
+        self._wal_encrypted = any(obj.key.endswith(".age") for _, obj in listing)
+        histories = self.archive.histories(listing)
         target = self.opt.target
         rp_lsn = self._restore_point_lsn(target.name) if target.kind == "name" and target.name else None
-        if self.opt.base_backup:
-            chosen = self.catalog.resolve("basebackup", self.opt.base_backup)
-            assert isinstance(chosen, BaseBackupManifest)
-        else:
-            pick = choose_base_backup(backups, target, histories=histories, target_tli=tli, restore_point_lsn=rp_lsn)
-            chosen = next(b for b in backups if b.id == pick.id)
-        segments = [n for n in wal if len(n) == 24]
-        end = None
-        if target.kind == "lsn" and target.lsn is not None:
-            end_tli = walnames.timeline_of_lsn(histories[tli], tli, target.lsn) if tli in histories else tli
-            end = walnames.segment_for_lsn(end_tli, target.lsn)
-        relevant = {t: h for t, h in histories.items() if t <= tli}
-        try:
-            # Continuity up to the newest archived segment; the target itself is checked after.
-            gaps = walnames.find_gaps(segments, chosen.start_wal, None, relevant or None)
-            if not gaps and end is not None and end in wal:
-                gaps = walnames.find_gaps(segments, chosen.start_wal, end, relevant or None)
-        except walnames.WalNameError as exc:
-            raise PitrTargetError(f"cannot follow timeline {tli} from base backup {chosen.id}: {exc}") from None
-        if gaps:
-            first, last = gaps[0]
-            raise PitrTargetError(
-                f"WAL is missing from the archive: {first}"
-                + (f" to {last}" if last != first else "")
-                + f" (needed after base backup {chosen.id}); recovery cannot pass this gap",
-                hint="run p88backup wal-verify; pick an earlier target, or a later base backup",
-            )
-        if end is not None and end not in wal:
-            raise PitrTargetError(
-                f"target {target.describe()} is beyond the newest archived WAL (segment {end} is not archived)",
-                hint="the newest restorable point is --pitr latest",
-            )
-        if target.kind == "time" and target.time is not None and segments:
-            newest = max((wal[s] for s in segments), key=lambda o: o.modified or datetime.min.replace(tzinfo=UTC))
-            if newest.modified is not None and target.time > newest.modified:
-                raise PitrTargetError(
-                    f"target {target.time.isoformat()} is after the newest archived WAL "
-                    f"(stored {newest.modified.isoformat()}); changes after that are not in the archive",
-                    hint="restore to --pitr latest for the newest restorable point",
-                )
-        return chosen, tli, len(segments), histories
+        base = self.opt.base_backup
+        if base == "latest":
+            base = backups[-1].id if backups else None
+        segment_size = next(
+            (size for b in backups if (size := getattr(b, "wal_segment_size", None))), walnames.DEFAULT_SEGMENT_SIZE
+        )
+        plan = plan_recovery(
+            backups,
+            target,
+            {name: obj.modified for name, obj in listing},
+            histories,
+            timeline=self.opt.timeline,
+            base_backup=base,
+            restore_point_lsn=rp_lsn,
+            segment_size=segment_size,
+        )
+        for warning in plan.warnings:
+            log.warning(warning)
+        return next(b for b in backups if b.id == plan.backup_id), plan
 
     def _restore_point_lsn(self, name: str) -> int | None:
-        lsn = restore_point_lsn(self.storage, name)
-        if lsn is None:
-            log.warning(
-                "restore point not recorded by p88backup restore-point; using the newest base backup",
-                extra={"p88": {"name": name}},
-            )
-        return lsn
+        return restore_point_lsn(self.storage, name)
 
     # -- doing ----------------------------------------------------------------
 
     def run(self) -> PitrResult:
         t0 = time.monotonic()
-        backup, tli, nseg, _ = self.plan()
+        backup, plan = self.plan()
         log.info(
             "restoring base backup",
             extra={
                 "p88": {
                     "id": backup.id,
                     "target": self.opt.target.describe(),
-                    "timeline": tli,
+                    "timeline": plan.timeline,
                     "dir": str(self.opt.target_dir),
                 }
             },
         )
         owner = self._owner()
+        self._preflight(backup)
         self._prepare_dir()
         try:
             self._extract(backup)
@@ -202,10 +183,16 @@ class PitrRestorer:
             )
             raise
         result = PitrResult(
-            backup.id, self.opt.target.describe(), str(self.opt.target_dir), tli, nseg, round(time.monotonic() - t0, 2)
+            backup.id,
+            self.opt.target.describe(),
+            str(self.opt.target_dir),
+            plan.timeline,
+            plan.segments,
+            round(time.monotonic() - t0, 2),
+            warnings=list(plan.warnings),
         )
         if self.opt.start:
-            self._start_and_wait(owner, result)
+            self._start_and_wait(owner, result, plan)
         result.total_seconds = round(time.monotonic() - t0, 2)
         return result
 
@@ -226,6 +213,19 @@ class PitrRestorer:
                 f"user {name!r} does not exist", hint="pass --owner USER (PostgreSQL refuses root)"
             ) from None
         return name
+
+    def _preflight(self, backup: BaseBackupManifest) -> None:
+        """Everything the restore will need, checked before the target directory is touched."""
+        if backup.encoding.encryption == "age" or self._wal_encrypted:
+            self.codec.identities()  # CryptoError: no identity file, or it cannot be read
+        if shutil.which("tar") is None:
+            raise PgToolError("tar is not installed; it lays out the base backup")
+        major = backup.server_version_num // 10000
+        if self.opt.verify:
+            client_for("pg_verifybackup", major, self.opt.pg_bin_dir)
+        if self.opt.start:
+            server_for("pg_ctl", major, self.opt.pg_bin_dir)
+            server_for("postgres", major, self.opt.pg_bin_dir)
 
     def _prepare_dir(self) -> None:
         d = self.opt.target_dir
@@ -285,8 +285,19 @@ class PitrRestorer:
         d = self.opt.target_dir
         for stale in ("postmaster.pid", "postmaster.opts", "standby.signal", "recovery.signal"):
             (d / stale).unlink(missing_ok=True)
-        if not (d / "postgresql.conf").exists():  # Debian keeps it in /etc; the server needs one here
-            (d / "postgresql.conf").write_text("# written by p88backup restore --pitr (the backup had none)\n")
+        # Server logs of earlier restores travel inside base backups; this run writes its own.
+        for old in (d / "log").glob("p88backup-restore*.log"):
+            old.unlink()
+        conf = d / "postgresql.conf"
+        if conf.exists():
+            text, disabled = recoveryconf.disable_settings(conf.read_text(), RECOVERY_PARAMETERS)
+            if disabled:
+                conf.write_text(text)
+                log.warning(
+                    "inherited recovery settings disabled in postgresql.conf", extra={"p88": {"names": disabled}}
+                )
+        else:  # Debian keeps it in /etc; the server needs one here
+            conf.write_text("# written by p88backup restore --pitr (the backup had none)\n")
         (d / "pg_wal").mkdir(exist_ok=True)
         settings = {
             "restore_command": self.opt.restore_command,
@@ -298,17 +309,13 @@ class PitrRestorer:
         if self.opt.start:
             # Reachable for our checks whatever the source's network settings were.
             settings.update(listen_addresses="localhost", unix_socket_directories="")
-            self._start_only = ["listen_addresses", "unix_socket_directories"] + (
-                ["port"] if self.opt.port_chosen else []
-            )
         settings.update(self.opt.settings)
-        lines = [
-            f"\n# p88backup restore --pitr {self.opt.target.describe()} from base backup {backup.id}, "
-            f"{self.clock().isoformat()}\n"
-        ]
-        lines += [f"{k} = {quote_conf(v)}\n" for k, v in settings.items()]
-        with open(d / "postgresql.auto.conf", "a") as fh:
-            fh.writelines(lines)
+        auto = d / "postgresql.auto.conf"
+        text, removed = recoveryconf.remove_settings(auto.read_text() if auto.exists() else "", settings)
+        if removed:
+            log.info("inherited settings replaced", extra={"p88": {"names": removed}})
+        title = f"--pitr {self.opt.target.describe()} from base backup {backup.id}, {self.clock().isoformat()}"
+        auto.write_text(text + recoveryconf.block(settings, title))
         (d / "recovery.signal").touch()
 
     def _chown(self, owner: str) -> None:
@@ -320,7 +327,7 @@ class PitrRestorer:
 
     # -- starting -------------------------------------------------------------
 
-    def _start_and_wait(self, owner: str | None, result: PitrResult) -> None:
+    def _start_and_wait(self, owner: str | None, result: PitrResult, plan: RecoveryPlan) -> None:
         env = dict(self.opt.server_env if self.opt.server_env is not None else os.environ)
         server = RestoredServer(
             self.opt.target_dir,
@@ -337,18 +344,48 @@ class PitrRestorer:
         result.promoted = True
         result.last_replayed_transaction = promotion.last_replayed_transaction
         result.lsn, result.timeline, result.stop_reason = promotion.lsn, promotion.timeline, promotion.stop_reason
+        self._after_promotion(owner, promotion)
         if self.opt.stop:
             server.stop()
-            self._drop_start_only_settings()
+            conf = self.opt.target_dir / "postgresql.auto.conf"
+            conf.write_text(recoveryconf.keep_only(conf.read_text(), ()))
+            log.info("restored server stopped; p88backup's settings removed: the real server's configuration decides")
             result.stopped = True
+        if self.opt.target.kind == "latest":
+            self._check_replayed_all(plan, promotion, result)
 
-    def _drop_start_only_settings(self) -> None:
-        """After a clean stop: the data directory is ready for the real server (e.g. the db container)."""
-        conf = self.opt.target_dir / "postgresql.auto.conf"
-        keep = [
-            ln
-            for ln in conf.read_text().splitlines(keepends=True)
-            if ln.split("=", 1)[0].strip() not in self._start_only
-        ]
-        conf.write_text("".join(keep))
-        log.info("restored server stopped; trial settings removed", extra={"p88": {"removed": self._start_only}})
+    def _after_promotion(self, owner: str | None, promotion: Promotion) -> None:
+        """Leave no recovery setting behind, and have the new timeline's history archived first."""
+        d = self.opt.target_dir
+        conf = d / "postgresql.auto.conf"
+        trial = ("archive_mode", "port", "listen_addresses", "unix_socket_directories", *self.opt.settings)
+        conf.write_text(recoveryconf.keep_only(conf.read_text(), trial))
+        history = f"{promotion.timeline:08X}.history"
+        status = d / "pg_wal" / "archive_status"
+        if (d / "pg_wal" / history).exists() and not any(
+            (status / f"{history}{s}").exists() for s in (".ready", ".done")
+        ):
+            # Promoted with archive_mode off: PostgreSQL did not mark it. Whoever archives this
+            # cluster later (archive_command; wal-stream fetches history files itself) must
+            # archive it, or 'latest' cannot follow the new timeline.
+            status.mkdir(exist_ok=True)
+            ready = status / f"{history}.ready"
+            ready.touch()
+            if owner:
+                pw = pwd.getpwnam(owner)
+                os.chown(ready, pw.pw_uid, pw.pw_gid)
+
+    def _check_replayed_all(self, plan: RecoveryPlan, promotion: Promotion, result: PitrResult) -> None:
+        """'latest' must have replayed every archived segment on its path: fail loudly if not."""
+        if plan.replay_to is None or promotion.switchpoint is None:
+            return
+        segment_size = walnames.DEFAULT_SEGMENT_SIZE if promotion.segment_size is None else promotion.segment_size
+        _, segno = walnames.parse_segment_name(plan.replay_to, segment_size)
+        if promotion.switchpoint < walnames.segment_start_lsn(segno, segment_size):
+            raise PitrTargetError(
+                f"recovery ended at {walnames.format_lsn(promotion.switchpoint)}, before the newest archived WAL "
+                f"({plan.replay_to}): the restored cluster lacks the newest changes"
+                + (f" ({promotion.stop_reason})" if promotion.stop_reason else ""),
+                hint=f"see {result.log_file}; run p88backup wal-verify",
+            )
+        result.replayed_to = plan.replay_to

@@ -2,8 +2,10 @@
 reached its target and promoted, stop it cleanly.
 
 PostgreSQL refuses to run as root, so as root every ``pg_ctl`` runs as the
-data directory's owner. The server log is ``log/p88backup-restore.log`` inside
-the data directory.
+data directory's owner. Each start writes its own server log,
+``log/p88backup-restore-<time>.log`` inside the data directory, and only
+that file is read: logs of earlier restores travel inside base backups, and
+an old "recovery stopping" line must never be reported as this run's.
 """
 
 from __future__ import annotations
@@ -15,15 +17,15 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from p88backup.core.wal import names as walnames
 from p88backup.errors import PitrTargetError
 from p88backup.pg.conn import ConnInfo, first_line
 from p88backup.pg.tools import server_for
 
 log = logging.getLogger(__name__)
-
-LOG_NAME = "log/p88backup-restore.log"
 
 
 @dataclass
@@ -34,6 +36,8 @@ class Promotion:
     lsn: str
     timeline: int
     stop_reason: str | None
+    switchpoint: int | None = None  # where recovery ended and the new timeline began
+    segment_size: int | None = None
 
 
 class RestoredServer:
@@ -52,7 +56,8 @@ class RestoredServer:
         self.timeout, self.sleep = timeout, sleep
         major = int((datadir / "PG_VERSION").read_text().strip())
         self.pg_ctl = server_for("pg_ctl", major, pg_bin_dir).path
-        self.logfile = datadir / LOG_NAME
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        self.logfile = datadir / "log" / f"p88backup-restore-{stamp}.log"
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         """pg_ctl as the data directory's owner (when we are root: the server refuses to run as root)."""
@@ -99,7 +104,8 @@ class RestoredServer:
                     if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                         row = conn.execute(
                             "SELECT pg_last_xact_replay_timestamp(), pg_current_wal_lsn()::text,"
-                            " ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+                            " ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int,"
+                            " (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')"
                         ).fetchone()
                         return Promotion(
                             last_replayed_transaction=row[0].isoformat() if row[0] else None,
@@ -107,6 +113,8 @@ class RestoredServer:
                             timeline=row[2],
                             stop_reason=self.log_line("recovery stopping")
                             or self.log_line("last completed transaction"),
+                            switchpoint=self.switchpoint(row[2]),
+                            segment_size=int(row[3]),
                         )
             except Exception as exc:  # not accepting connections yet
                 log.debug("waiting for the restored server", extra={"p88": {"error": first_line(exc)}})
@@ -119,6 +127,14 @@ class RestoredServer:
         r = self._run("-D", str(self.datadir), "-m", "fast", "-w", "stop")
         if r.returncode != 0:
             raise PitrTargetError(f"the restored server did not stop cleanly: {r.stderr.strip()}")
+
+    def switchpoint(self, timeline: int) -> int | None:
+        """Where ``timeline`` began (the end of recovery), from its history file in pg_wal."""
+        try:
+            history = walnames.parse_history((self.datadir / "pg_wal" / f"{timeline:08X}.history").read_text())
+        except (OSError, ValueError):
+            return None
+        return history[-1].switchpoint if history else None
 
     def log_line(self, needle: str) -> str | None:
         """The last server log line containing ``needle`` (its message part)."""
