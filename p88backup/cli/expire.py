@@ -1,4 +1,4 @@
-"""``expire``: retention for dumps (GFS), plus cleanup of interrupted runs."""
+"""``expire``: retention for dumps (GFS), base backups and WAL (the live timeline), plus cleanup of interrupted runs."""
 
 from __future__ import annotations
 
@@ -23,11 +23,17 @@ def expire_cmd(app: App, dry_run: bool, as_json: bool, wait: float) -> None:
     """Delete backups that retention no longer keeps.
 
     Dumps follow GFS (retention.keep_daily / keep_weekly / keep_monthly, and
-    never fewer than keep_min). Base backups: the newest
-    retention.keep_base_backups, plus any younger than
-    retention.base_backup_window_days. WAL is deleted only when no retained
-    base backup needs it. The newest good backup of each kind is never
-    deleted. Incomplete runs older than retention.orphan_grace_hours go too.
+    never fewer than keep_min). Base backups follow the live timeline (the
+    one recovery_target_timeline = 'latest' follows, read from the archived
+    history files): of the backups on its history, the newest
+    retention.keep_base_backups plus any younger than
+    retention.base_backup_window_days. A backup on a branch abandoned by a
+    point-in-time restore is never counted; it is kept while younger than
+    the window or newer than every backup on the live history. WAL is
+    deleted only when no retained base backup needs it. The newest good
+    backup of each kind is never deleted. Manifests that do not describe
+    their own folder are skipped and reported, and hold WAL expiry back.
+    Incomplete runs older than retention.orphan_grace_hours go too.
     """
     from p88backup.core.retention.expire import Expirer
     from p88backup.core.retention.policy import BaseBackupPolicy, GfsPolicy
@@ -57,11 +63,24 @@ def expire_cmd(app: App, dry_run: bool, as_json: bool, wait: float) -> None:
     verb = "would delete" if dry_run else "deleted"
     for title, decision in (("dumps", plan.dumps), ("base backups", plan.basebackups)):
         rows = [(i, "keep", "; ".join(reasons)) for i, reasons in sorted(decision.keep.items())]
-        rows += [(i, verb, "") for i in decision.expire]
+        rows += [(i, verb, decision.expire_reasons.get(i, "")) for i in decision.expire]
         if rows:
-            render.table(title, ["id", "action", "why kept"], sorted(rows))
+            render.table(title, ["id", "action", "why"], sorted(rows))
+    base = plan.basebackups
+    if base.live_timeline is not None and (base.keep or base.expire):
+        click.echo(f"live timeline: {base.live_timeline}")
+    for bid, note in sorted(base.notes.items()):
+        click.echo(f"  {bid}: {base.branch[bid]} ({note})")
+    if base.held:
+        click.echo(f"base backups all kept: {base.held}")
     if plan.wal:
-        click.echo(f"{verb} {len(plan.wal)} WAL objects older than {plan.wal_kept_from} (needed by no retained backup)")
+        click.echo(f"{verb} {len(plan.wal)} WAL objects needed by no retained base backup:")
+        for run in plan.wal_ranges():
+            click.echo(f"  timeline {run['timeline']}: {run['first']} .. {run['last']} ({run['count']} objects)")
+    elif plan.wal_held:
+        click.echo(f"no WAL expired: {plan.wal_held}")
+    for m in plan.bad_manifests:
+        click.echo(f"skipped bad manifest {m.key}: {m.error}")
     for o in plan.orphans:
         click.echo(f"{verb} incomplete {o.kind} {o.id} ({len(o.keys)} objects)")
     log.info(
@@ -71,6 +90,10 @@ def expire_cmd(app: App, dry_run: bool, as_json: bool, wait: float) -> None:
                 "dry_run": dry_run,
                 "expired": len(plan.dumps.expire),
                 "kept": len(plan.dumps.keep),
+                "basebackups_expired": len(plan.basebackups.expire),
+                "basebackups_kept": len(plan.basebackups.keep),
+                "wal_expired": len(plan.wal),
+                "bad_manifests": len(plan.bad_manifests),
                 "orphans": len(plan.orphans),
             }
         },

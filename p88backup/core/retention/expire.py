@@ -4,6 +4,13 @@ The plan is computed first (pure retention policy over the catalog) and is
 exactly what ``--dry-run`` prints; applying it deletes each expired backup
 manifest-first. Directories without a manifest (killed runs) go once they
 are older than the grace period and no run of that job is in progress.
+
+Base backups and WAL follow the live timeline's history (DESIGN §3.11, see
+:mod:`p88backup.core.retention.policy`), which is read from the archived
+``.history`` files. A manifest that cannot be trusted is skipped and
+reported, never acted on; while any base-backup manifest is bad, or a
+history file cannot be read, no WAL is deleted: what such a backup needs,
+or which branch is live, is then unknown.
 """
 
 from __future__ import annotations
@@ -13,22 +20,28 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from p88backup.catalog.backups import Catalog, Orphan
+from p88backup.catalog.backups import BadManifest, Catalog, Orphan
 from p88backup.catalog.layout import Kind
 from p88backup.catalog.models import BaseBackupManifest, DumpManifest
 from p88backup.core.retention.policy import (
+    BaseBackupDecision,
     BaseBackupPolicy,
+    BaseCandidate,
     Candidate,
     Decision,
     GfsPolicy,
-    plan_count_or_window,
+    WalNeed,
+    hold_base_backups,
+    plan_base_backups,
     plan_gfs,
+    plan_wal,
 )
 from p88backup.core.wal import names as walnames
 from p88backup.core.wal.archive import WalArchive
-from p88backup.errors import LockedError
+from p88backup.errors import LockedError, P88Error
 from p88backup.locks import job_lock
 from p88backup.storage import Storage
+from p88backup.storage.base import ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -36,28 +49,73 @@ log = logging.getLogger(__name__)
 @dataclass
 class ExpirePlan:
     dumps: Decision
-    basebackups: Decision
-    wal: list[str] = field(default_factory=list)
+    basebackups: BaseBackupDecision
+    wal: list[str] = field(default_factory=list)  # storage keys
+    wal_names: list[str] = field(default_factory=list)  # the WAL file names they hold, same order
     wal_kept_from: str | None = None
+    wal_needs: list[WalNeed] = field(default_factory=list)
+    wal_held: str | None = None
+    segment_size: int = walnames.DEFAULT_SEGMENT_SIZE
+    bad_manifests: list[BadManifest] = field(default_factory=list)
     orphans: list[Orphan] = field(default_factory=list)
     skipped_orphan_kinds: list[str] = field(default_factory=list)
 
+    def wal_ranges(self) -> list[dict[str, object]]:
+        """Expired WAL as runs of consecutive segments per timeline, oldest first.
+
+        Exact, not a summary: every archived file of that timeline from
+        ``first`` to ``last`` goes (segments, ``.partial`` and ``.backup``
+        files alike), and ``count`` says how many objects that is.
+        """
+        runs: list[list[int]] = []  # [timeline, first segno, last segno, objects]
+        for name in sorted(self.wal_names, key=self._position):
+            tli, segno = self._position(name)
+            if runs and runs[-1][0] == tli and segno <= runs[-1][2] + 1:
+                runs[-1][2:] = [segno, runs[-1][3] + 1]
+            else:
+                runs.append([tli, segno, segno, 1])
+        return [
+            {
+                "timeline": tli,
+                "first": walnames.segment_name(tli, first, self.segment_size),
+                "last": walnames.segment_name(tli, last, self.segment_size),
+                "count": count,
+            }
+            for tli, first, last, count in runs
+        ]
+
+    def _position(self, name: str) -> tuple[int, int]:
+        wal = walnames.classify(name, self.segment_size)
+        return wal.timeline, wal.segno or 0
+
     def as_dict(self) -> dict[str, object]:
+        b = self.basebackups
         return {
             "dumps": {
                 "keep": [{"id": i, "reasons": r} for i, r in sorted(self.dumps.keep.items())],
                 "expire": list(self.dumps.expire),
+                "expire_reasons": dict(self.dumps.expire_reasons),
             },
             "basebackups": {
-                "keep": [{"id": i, "reasons": r} for i, r in sorted(self.basebackups.keep.items())],
-                "expire": list(self.basebackups.expire),
+                "keep": [
+                    {"id": i, "reasons": r, "branch": b.branch.get(i), "note": b.notes.get(i)}
+                    for i, r in sorted(b.keep.items())
+                ],
+                "expire": list(b.expire),
+                "expire_reasons": dict(b.expire_reasons),
+                "live_timeline": b.live_timeline,
+                "held": b.held,
             },
             "wal": {
                 "expire_count": len(self.wal),
                 "kept_from": self.wal_kept_from,
                 "expire_first": self.wal[0] if self.wal else None,
                 "expire_last": self.wal[-1] if self.wal else None,
+                "held": self.wal_held,
+                "needed_by": [{"id": n.backup_id, "from": n.start_wal, "timeline": n.timeline} for n in self.wal_needs],
+                "expire_ranges": self.wal_ranges(),
             },
+            "bad_manifests": [{"kind": m.kind, "id": m.id, "key": m.key, "error": m.error} for m in self.bad_manifests],
             "orphans": [
                 {
                     "kind": o.kind,
@@ -69,6 +127,10 @@ class ExpirePlan:
             ],
             "orphans_skipped_for_running_jobs": self.skipped_orphan_kinds,
         }
+
+
+def base_candidate(m: BaseBackupManifest) -> BaseCandidate:
+    return BaseCandidate(m.id, m.started_at, timeline=m.timeline, stop_lsn=m.stop_lsn)
 
 
 class Expirer:
@@ -89,18 +151,28 @@ class Expirer:
         self._manifests: dict[tuple[str, str], DumpManifest | BaseBackupManifest] = {}
 
     def plan(self, now: datetime) -> ExpirePlan:
-        dumps = self.catalog.dumps()
-        bases = self.catalog.basebackups()
+        found_dumps, bad_dumps = self.catalog.scan("dump")
+        found_bases, bad_bases = self.catalog.scan("basebackup")
+        dumps = [m for m in found_dumps if isinstance(m, DumpManifest)]
+        bases = [m for m in found_bases if isinstance(m, BaseBackupManifest)]
         self._manifests = {("dump", m.id): m for m in dumps}
         self._manifests.update({("basebackup", m.id): m for m in bases})
         decision = plan_gfs([Candidate(m.id, m.started_at) for m in dumps], self.policy, now)
-        base_decision = plan_count_or_window(
-            [Candidate(m.id, m.started_at) for m in bases], self.base_policy.keep, self.base_policy.window, now
-        )
-        plan = ExpirePlan(decision, base_decision)
-        kept_bases = [m for m in bases if m.id in base_decision.keep]
-        if kept_bases and self.archive is not None:
-            plan.wal, plan.wal_kept_from = self._expired_wal(kept_bases)
+
+        listing = list(self.archive.objects()) if self.archive is not None else []
+        candidates = [base_candidate(m) for m in bases]
+        histories: dict[int, list[walnames.HistoryEntry]] = {}
+        try:
+            if self.archive is not None:
+                histories = self.archive.histories(listing)
+        except (P88Error, ValueError) as exc:  # a history file that does not decode or parse
+            base_decision = hold_base_backups(candidates, f"cannot read the timeline history files: {exc}")
+            log.error("base backups and WAL kept: timeline histories unreadable", extra={"p88": {"error": str(exc)}})
+        else:
+            base_decision = plan_base_backups(candidates, self.base_policy, now, histories)
+        plan = ExpirePlan(decision, base_decision, bad_manifests=bad_dumps + bad_bases)
+        if self.archive is not None:
+            self._plan_wal(plan, bases, listing, histories, bad_bases)
         kinds: tuple[Kind, ...] = ("dump", "basebackup")
         for kind in kinds:
             if self._job_running(kind):
@@ -111,20 +183,42 @@ class Expirer:
                     plan.orphans.append(orphan)
         return plan
 
-    def _expired_wal(self, kept: list[BaseBackupManifest]) -> tuple[list[str], str]:
-        """WAL older than every retained base backup's start: no retained backup can use it.
-
-        History files are never expired (they are tiny and describe timelines).
-        """
-        assert self.archive is not None
-        oldest = min(kept, key=lambda b: walnames.parse_segment_name(b.start_wal)[1])
-        first_needed = walnames.parse_segment_name(oldest.start_wal)[1]
-        expired = []
-        for name, obj in self.archive.objects():
-            wal = walnames.classify(name)
-            if wal.kind != "history" and wal.segno is not None and wal.segno < first_needed:
-                expired.append(obj.key)
-        return expired, oldest.start_wal
+    def _plan_wal(
+        self,
+        plan: ExpirePlan,
+        bases: list[BaseBackupManifest],
+        listing: list[tuple[str, ObjectInfo]],
+        histories: dict[int, list[walnames.HistoryEntry]],
+        bad_bases: list[BadManifest],
+    ) -> None:
+        """WAL that no retained base backup needs: every file not on a kept backup's way to its timeline's end."""
+        decision = plan.basebackups
+        live = decision.live_timeline
+        if decision.held is not None or live is None:
+            plan.wal_held = decision.held or "timelines unknown"
+            return
+        kept = [m for m in bases if m.id in decision.keep]
+        # A backup on the live history replays to the live timeline's end; an
+        # abandoned one that is still kept, to the end of its own timeline.
+        plan.wal_needs = [
+            WalNeed(m.id, m.start_wal, live if decision.branch[m.id] == "live" else m.timeline) for m in kept
+        ]
+        on_live = [m for m in kept if decision.branch[m.id] == "live"]
+        if on_live:
+            plan.wal_kept_from = min(on_live, key=lambda m: walnames.parse_segment_name(m.start_wal)[1]).start_wal
+        if bad_bases:
+            plan.wal_held = (
+                f"{len(bad_bases)} base backup manifest(s) cannot be trusted (first: {bad_bases[0].key}); "
+                "the WAL they need is unknown: fix or remove them"
+            )
+            return
+        wal = plan_wal((name for name, _ in listing), plan.wal_needs, histories, live)
+        if wal.held is not None:
+            plan.wal_held = wal.held
+            return
+        keys = {name: obj.key for name, obj in listing}
+        plan.wal_names = wal.expire
+        plan.wal = [keys[name] for name in wal.expire]
 
     def _job_running(self, kind: Kind | str) -> bool:
         try:
@@ -143,7 +237,10 @@ class Expirer:
         if plan.wal:
             # Only after the base backups that needed it are gone.
             self.storage.delete_many(plan.wal)
-            log.info("expired WAL", extra={"p88": {"objects": len(plan.wal), "kept_from": plan.wal_kept_from}})
+            log.info(
+                "expired WAL",
+                extra={"p88": {"objects": len(plan.wal), "ranges": plan.wal_ranges()}},
+            )
         for orphan in plan.orphans:
             self.storage.delete_many(orphan.keys)
             log.info(
