@@ -240,6 +240,8 @@ def recovery_settings(target: Target, timeline: int | None) -> dict[str, str]:
 
 # Every setting that steers recovery (PostgreSQL 13-18). A restore owns all of them in the data
 # directory it writes: inherited ones are removed, and none survives a promoted, stopped restore.
+# (archive_mode, port and the like are the cluster's own configuration: a restore overrides them
+# only inside its own block, see core/pitr/recoveryconf.py.)
 RECOVERY_PARAMETERS = (
     "restore_command",
     "archive_cleanup_command",
@@ -256,8 +258,6 @@ RECOVERY_PARAMETERS = (
     "primary_conninfo",
     "primary_slot_name",
     "promote_trigger_file",
-    "hot_standby",
-    "archive_mode",
 )
 
 

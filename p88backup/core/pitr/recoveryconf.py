@@ -8,7 +8,10 @@ an earlier restore's ``restore_command``, ``recovery_target_*`` or
 exited 0 with rows missing). So a restore:
 
 * removes every recovery parameter from ``postgresql.auto.conf``, and any
-  block an earlier p88backup restore wrote there;
+  block an earlier p88backup restore wrote there (also the unmarked form of
+  releases before the markers: a ``# p88backup restore --pitr ...`` comment
+  followed by settings), where its ``archive_mode = off`` and trial ports
+  would otherwise outlive it;
 * comments out every recovery parameter in ``postgresql.conf`` (kept
   readable, marked with :data:`DISABLED`);
 * appends its own settings as one marked block, which it removes again once
@@ -24,6 +27,7 @@ from collections.abc import Iterable, Mapping
 
 BEGIN = "# p88backup restore: begin"
 END = "# p88backup restore: end"
+LEGACY_BEGIN = "# p88backup restore --pitr"  # no end marker: the block ends at the first non-setting line
 DISABLED = "#p88backup-disabled# "
 
 # `name = value`, `name value` or `name=value`; names are case-insensitive.
@@ -54,18 +58,26 @@ def remove_settings(text: str, names: Iterable[str]) -> tuple[str, list[str]]:
     drop = {n.lower() for n in names}
     out: list[str] = []
     removed: list[str] = []
-    in_block = False
+    block_kind: str | None = None  # "marked" or "legacy" while inside one of our blocks
     for line in _lines(text):
         stripped = line.strip()
         if stripped.startswith(BEGIN):
-            in_block = True
+            block_kind = "marked"
             continue
-        if in_block:
+        if stripped.startswith(LEGACY_BEGIN):
+            block_kind = "legacy"
+            continue
+        if block_kind == "marked":
             if stripped == END:
-                in_block = False
+                block_kind = None
             elif (name := setting_name(line)) is not None:
                 removed.append(name)
             continue
+        if block_kind == "legacy":
+            if (name := setting_name(line)) is not None:
+                removed.append(name)
+                continue
+            block_kind = None
         name = setting_name(line)
         if name is not None and name in drop:
             removed.append(name)

@@ -311,7 +311,7 @@ class PitrRestorer:
             settings.update(listen_addresses="localhost", unix_socket_directories="")
         settings.update(self.opt.settings)
         auto = d / "postgresql.auto.conf"
-        text, removed = recoveryconf.remove_settings(auto.read_text() if auto.exists() else "", settings)
+        text, removed = recoveryconf.remove_settings(auto.read_text() if auto.exists() else "", RECOVERY_PARAMETERS)
         if removed:
             log.info("inherited settings replaced", extra={"p88": {"names": removed}})
         title = f"--pitr {self.opt.target.describe()} from base backup {backup.id}, {self.clock().isoformat()}"
