@@ -114,6 +114,11 @@ class ObjectExistsError(StorageError):
     exit_code = ExitCode.CONFLICT
 
 
+class StorageNotInitialisedError(StorageError):
+    """The storage is there but carries no marker: never set up with ``p88backup init``,
+    or not the storage meant (an empty mount point, a wrong prefix)."""
+
+
 class RefusedError(P88Error):
     exit_code = ExitCode.REFUSED
 

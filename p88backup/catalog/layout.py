@@ -2,6 +2,7 @@
 
 ::
 
+    p88backup.json                         the storage marker, written once by ``p88backup init``
     dumps/<id>/manifest.json               written last: a backup exists once this does
     dumps/<id>/globals.sql.zst[.age]       pg_dumpall --globals-only
     dumps/<id>/<db>.pgdump.zst[.age]       pg_dump custom format
@@ -32,6 +33,9 @@ WAL_SUFFIXES = (".zst", ".zst.age")
 KIND_DIRS: dict[str, str] = {"dump": "dumps", "basebackup": "basebackups"}
 MANIFEST = "manifest.json"
 ID_RE = re.compile(r"^\d{8}T\d{6}Z(-\d{2})?$")
+# Its presence says "this is p88backup's storage, set up on purpose": writers and readers
+# refuse a root or prefix without it (an unmounted volume, a wrong prefix). See storage/base.py.
+STORAGE_MARKER = "p88backup.json"
 
 
 def backup_id(when: datetime, taken: set[str] | frozenset[str] = frozenset()) -> str:

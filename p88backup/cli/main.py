@@ -22,6 +22,7 @@ log = logging.getLogger("p88backup")
 
 # name -> "module:attribute", in the order --help lists them.
 COMMANDS: dict[str, str] = {
+    "init": "p88backup.cli.init_cmd:init_cmd",
     "dump": "p88backup.cli.backup:dump_cmd",
     "list": "p88backup.cli.catalog:list_cmd",
     "status": "p88backup.cli.catalog:status_cmd",

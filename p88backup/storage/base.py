@@ -13,7 +13,17 @@ client library's exceptions:
 * :class:`~p88backup.errors.TransientStorageError` - network trouble that
   outlived the backend's bounded retries;
 * :class:`~p88backup.errors.StorageError` - anything permanent (bad bucket,
-  denied, disk full), with a message that says what to fix.
+  denied, disk full), with a message that says what to fix;
+* :class:`~p88backup.errors.StorageNotInitialisedError` - the storage has no
+  marker (see below).
+
+A storage is initialised once (``p88backup init``, :meth:`Storage.init`) and
+carries a marker object, :data:`~p88backup.catalog.layout.STORAGE_MARKER`.
+Every other operation checks the marker first and refuses a storage without
+it, so an unmounted volume (an empty mount point) or a wrong prefix is an
+error, never an empty archive: a put never creates it, a read never answers
+"not found" for it (DESIGN §3.12). Only :meth:`Storage.init` creates a
+missing local root.
 """
 
 from __future__ import annotations
@@ -23,12 +33,27 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, Literal, Protocol, runtime_checkable
 
-from p88backup.errors import StorageError
+from p88backup.catalog.layout import STORAGE_MARKER
+from p88backup.errors import StorageError, StorageNotInitialisedError
 
 CHUNK = 1024 * 1024
 _KEY_RE = re.compile(r"^[A-Za-z0-9._+=@,-]+(/[A-Za-z0-9._+=@,-]+)*$")
+
+
+InitOutcome = Literal["initialised", "adopted", "already"]
+"""What :meth:`Storage.init` did: marked an empty storage, marked one that already held
+objects (made by a p88backup from before markers), or found the marker there."""
+
+
+def not_initialised(url: str) -> StorageNotInitialisedError:
+    """The one message for a storage without its marker, whatever the backend."""
+    return StorageNotInitialisedError(
+        f"storage {url} is not initialised (no {STORAGE_MARKER})",
+        hint="run `p88backup init` once when setting the storage up; "
+        "if it was initialised, is the volume mounted and P88_STORAGE_URL right?",
+    )
 
 
 class Readable(Protocol):
@@ -87,6 +112,17 @@ class Storage(Protocol):
     url: str
     """Where this storage points, safe to print (no credentials)."""
 
+    def init(self, marker: bytes) -> InitOutcome:
+        """Make this storage p88backup's: store ``marker`` under ``STORAGE_MARKER``.
+
+        The one operation allowed on a storage without the marker, and the one
+        place a missing local root directory is created (a bucket must exist).
+        Create-only: if the marker is there (also when a concurrent init won),
+        nothing is written and the answer is ``"already"``. ``"adopted"``: the
+        storage already held objects (written before markers existed).
+        """
+        ...
+
     def put(self, key: str, data: Readable, *, overwrite: bool = True) -> ObjectInfo:
         """Store everything read from ``data`` under ``key``; return its info.
 
@@ -119,10 +155,14 @@ class Storage(Protocol):
         ...
 
     def check(self) -> None:
-        """Raise ``StorageError`` unless the storage itself is there (the local
-        root directory, the bucket). Objects in a storage that is not there
-        are "not found" like any missing object; a caller for whom "not found"
-        has consequences (wal-fetch: end of recovery) checks this first."""
+        """Raise unless the storage is there and initialised: ``StorageError``
+        if the local root directory or the bucket is missing or denied,
+        ``StorageNotInitialisedError`` if it has no marker. Needs no more
+        permission than listing the storage's own prefix (a bucket-wide call
+        fails under credentials scoped to the prefix). Every other operation
+        runs the marker part of this check itself; a caller for whom "not
+        found" has consequences (wal-fetch: end of recovery) may call it to be
+        sure that the storage, not only the object, is what was asked about."""
         ...
 
     def sync(self, key: str) -> None:

@@ -5,12 +5,21 @@ into place (``rename``, or ``link`` for create-only so that an existing object
 is never replaced), then fsyncs the directories up to the root. Killed
 mid-put, it leaves only a temporary file that is never listed;
 :meth:`LocalStorage.reap_interrupted` clears those.
+
+The root is never created by a put: a backup volume that is not mounted
+leaves an empty mount point (or nothing) at the root's path, and a put there
+would land on the wrong filesystem. Only :meth:`LocalStorage.init` creates
+it; every other operation first checks the marker file in it (one ``stat``,
+every time, not cached: a long-running ``wal-stream`` must notice a volume
+unmounted under it).
 """
 
 from __future__ import annotations
 
 import builtins
 import errno
+import io
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -18,10 +27,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from p88backup.catalog.layout import STORAGE_MARKER
 from p88backup.errors import ObjectExistsError, ObjectNotFoundError, StorageError
-from p88backup.storage.base import CHUNK, ObjectInfo, Readable, validate_key, validate_prefix
+from p88backup.storage.base import (
+    CHUNK,
+    InitOutcome,
+    ObjectInfo,
+    Readable,
+    not_initialised,
+    validate_key,
+    validate_prefix,
+)
+
+log = logging.getLogger(__name__)
 
 TMP_DIR = ".p88tmp"
+# What a freshly made filesystem holds at its root: not data of an older p88backup.
+_NOT_DATA = {TMP_DIR, "lost+found"}
 WRITEBACK_STEP = 16 * 1024 * 1024
 
 
@@ -50,10 +72,13 @@ class LocalStorage:
         return self.root / validate_key(key)
 
     def _makedirs(self, directory: Path) -> None:
-        """Create missing parents, fsyncing each new entry's parent for durability."""
+        """Create missing directories below the root (never the root or above it),
+        fsyncing each new entry's parent for durability."""
         missing: list[Path] = []
         d = directory
         while not d.exists():
+            if d == self.root or d == d.parent:
+                raise self._root_missing()
             missing.append(d)
             d = d.parent
         for d in reversed(missing):
@@ -63,7 +88,60 @@ class LocalStorage:
                 continue
             _fsync_dir(d.parent)
 
+    def _root_missing(self) -> StorageError:
+        return StorageError(
+            f"storage root {self.root} does not exist or is not a directory",
+            hint="is the backup volume mounted? (P88_STORAGE_URL; a new storage is set up once with `p88backup init`)",
+        )
+
+    def _require_init(self) -> None:
+        """Refuse a root without the marker; cheap enough (one stat) to run before every operation."""
+        try:
+            os.stat(self.root / STORAGE_MARKER)
+            return
+        except (FileNotFoundError, NotADirectoryError):
+            self.check()  # raises, saying whether the root or only the marker is missing
+        except OSError as exc:
+            raise _os_error(exc, f"cannot read {self.url}") from None
+
+    def init(self, marker: bytes) -> InitOutcome:
+        try:
+            if self.root.exists() and not self.root.is_dir():
+                raise self._root_missing()
+            self._make_root()
+            if (self.root / STORAGE_MARKER).exists():
+                return "already"
+            had_objects = any(entry.name not in _NOT_DATA for entry in os.scandir(self.root))
+        except OSError as exc:
+            raise _os_error(exc, f"cannot initialise {self.url}") from None
+        try:
+            self._write(STORAGE_MARKER, io.BytesIO(marker), overwrite=False)
+        except ObjectExistsError:
+            return "already"  # a concurrent init won
+        return "adopted" if had_objects else "initialised"
+
+    def _make_root(self) -> None:
+        """Create the root and any missing parents (init only), durably."""
+        missing: builtins.list[Path] = []
+        d = self.root
+        while not d.exists():
+            missing.append(d)
+            d = d.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue
+            _fsync_dir(d.parent)
+        if missing:
+            log.info("created the storage root", extra={"p88": {"path": str(self.root)}})
+
     def put(self, key: str, data: Readable, *, overwrite: bool = True) -> ObjectInfo:
+        self._path(key)  # an invalid key is refused before anything else
+        self._require_init()
+        return self._write(key, data, overwrite=overwrite)
+
+    def _write(self, key: str, data: Readable, *, overwrite: bool) -> ObjectInfo:
         final = self._path(key)
         if not overwrite and final.exists():
             raise ObjectExistsError(f"{key} already exists in {self.url}")
@@ -129,6 +207,7 @@ class LocalStorage:
 
     def sync(self, key: str) -> None:
         path = self._path(key)
+        self._require_init()
         try:
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -143,13 +222,13 @@ class LocalStorage:
 
     def check(self) -> None:
         if not self.root.is_dir():
-            raise StorageError(
-                f"storage root {self.root} does not exist or is not a directory",
-                hint="is the backup volume mounted? (P88_STORAGE_URL)",
-            )
+            raise self._root_missing()
+        if not (self.root / STORAGE_MARKER).is_file():
+            raise not_initialised(self.url)
 
     def open(self, key: str) -> BinaryIO:
         path = self._path(key)
+        self._require_init()
         try:
             if path.is_dir():
                 raise FileNotFoundError
@@ -161,6 +240,7 @@ class LocalStorage:
 
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
+        self._require_init()
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -173,6 +253,7 @@ class LocalStorage:
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)
+        self._require_init()
         head, _, _ = prefix.rpartition("/")
         start = self.root / head if head else self.root
         found: builtins.list[ObjectInfo] = []
@@ -194,6 +275,7 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         path = self._path(key)
+        self._require_init()
         try:
             path.unlink()
         except FileNotFoundError:
@@ -215,6 +297,7 @@ class LocalStorage:
 
     def reap_interrupted(self, older_than_seconds: float) -> builtins.list[str]:
         """Delete temporary files of interrupted puts; return their names."""
+        self._require_init()
         tmp_dir = self.root / TMP_DIR
         removed: builtins.list[str] = []
         if not tmp_dir.is_dir():

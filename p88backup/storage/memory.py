@@ -2,7 +2,8 @@
 
 Objects live in a process-wide registry keyed by the URL's name, so two
 ``open_storage("memory://x")`` calls see the same objects, as two processes
-would with real storage.
+would with real storage. Like every backend it refuses to work until it is
+initialised (:meth:`MemoryStorage.init`): tests meet the same rule as production.
 """
 
 from __future__ import annotations
@@ -14,8 +15,17 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import BinaryIO
 
+from p88backup.catalog.layout import STORAGE_MARKER
 from p88backup.errors import ObjectExistsError, ObjectNotFoundError
-from p88backup.storage.base import CHUNK, ObjectInfo, Readable, validate_key, validate_prefix
+from p88backup.storage.base import (
+    CHUNK,
+    InitOutcome,
+    ObjectInfo,
+    Readable,
+    not_initialised,
+    validate_key,
+    validate_prefix,
+)
 
 _REGISTRY: dict[str, dict[str, tuple[bytes, datetime]]] = {}
 _LOCK = threading.Lock()
@@ -27,8 +37,21 @@ class MemoryStorage:
         with _LOCK:
             self._objects = _REGISTRY.setdefault(name, {})
 
+    def _require_init(self) -> None:
+        if STORAGE_MARKER not in self._objects:
+            raise not_initialised(self.url)
+
+    def init(self, marker: bytes) -> InitOutcome:
+        with _LOCK:
+            if STORAGE_MARKER in self._objects:
+                return "already"
+            had_objects = bool(self._objects)
+            self._objects[STORAGE_MARKER] = (marker, datetime.now(UTC))
+        return "adopted" if had_objects else "initialised"
+
     def put(self, key: str, data: Readable, *, overwrite: bool = True) -> ObjectInfo:
         validate_key(key)
+        self._require_init()
         if not overwrite and key in self._objects:
             raise ObjectExistsError(f"{key} already exists in {self.url}")
         buf = io.BytesIO()
@@ -50,6 +73,7 @@ class MemoryStorage:
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)
+        self._require_init()
         with _LOCK:
             items = sorted((k, v) for k, v in self._objects.items() if k.startswith(prefix))
         for key, (body, modified) in items:
@@ -57,12 +81,14 @@ class MemoryStorage:
 
     def sync(self, key: str) -> None:
         validate_key(key)
+        self._require_init()
 
     def check(self) -> None:
-        pass  # it exists as long as this process does
+        self._require_init()  # the storage itself exists as long as this process does
 
     def delete(self, key: str) -> None:
         validate_key(key)
+        self._require_init()
         with _LOCK:
             self._objects.pop(key, None)
 
@@ -71,6 +97,7 @@ class MemoryStorage:
             self.delete(key)
 
     def reap_interrupted(self, older_than_seconds: float) -> builtins.list[str]:
+        self._require_init()
         return []  # puts here are all-or-nothing within the process
 
     def close(self) -> None:
@@ -78,6 +105,7 @@ class MemoryStorage:
 
     def _get(self, key: str) -> tuple[bytes, datetime]:
         validate_key(key)
+        self._require_init()
         try:
             return self._objects[key]
         except KeyError:

@@ -11,6 +11,13 @@ Endpoint, region and credentials come from boto3's own standard sources
   5xx and throttling (tenacity, deadline from settings), and logged per
   attempt. botocore's own retries are off so the policy lives in one place.
 * botocore errors are translated here; nothing above imports botocore.
+* Every call stays inside the prefix: ``check`` lists the prefix instead of
+  asking about the bucket (HeadBucket), so credentials scoped to the prefix
+  (``s3:ListBucket`` with an ``s3:prefix`` condition, object actions on
+  ``prefix/*``) are enough.
+* The marker (``<prefix>/p88backup.json``) is looked up once per instance
+  and remembered once seen: an S3 prefix cannot be unmounted under a running
+  process, and a HEAD per call would double the requests of a ``wal-push``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
+from p88backup.catalog.layout import STORAGE_MARKER
 from p88backup.errors import (
     ObjectExistsError,
     ObjectNotFoundError,
@@ -33,7 +41,15 @@ from p88backup.errors import (
     TransientStorageError,
 )
 from p88backup.retry import call_with_retries
-from p88backup.storage.base import ObjectInfo, Readable, read_full, validate_key, validate_prefix
+from p88backup.storage.base import (
+    InitOutcome,
+    ObjectInfo,
+    Readable,
+    not_initialised,
+    read_full,
+    validate_key,
+    validate_prefix,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -82,7 +98,8 @@ def _translate(exc: Exception, what: str) -> StorageError:
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
             return StorageError(
                 f"{what}: access denied ({code})",
-                hint="check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the bucket policy",
+                hint="check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the bucket policy: p88backup needs "
+                "s3:ListBucket on its prefix and s3:GetObject, s3:PutObject, s3:DeleteObject on prefix/*",
             )
         return StorageError(f"{what}: S3 error {code or status}: {err.get('Message', '')}".rstrip(": "))
     if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
@@ -116,6 +133,7 @@ class S3Storage:
         self.retry_deadline = retry_deadline
         self.part_size = max(part_size, 5 * 1024 * 1024)
         self.max_in_flight = max(1, max_in_flight)
+        self._initialised = False
         self._client = client or boto3.session.Session().client(
             "s3",
             config=Config(
@@ -142,8 +160,52 @@ class S3Storage:
 
     # -- contract ------------------------------------------------------------
 
+    def _require_init(self) -> None:
+        if self._initialised:
+            return
+        try:
+            self._head(f"check {STORAGE_MARKER}", STORAGE_MARKER)
+        except ObjectNotFoundError:
+            self.check()  # raises: a missing bucket, denied, or only the marker missing
+        self._initialised = True
+
+    def _head(self, what: str, key: str) -> Any:
+        full = self.prefix + key
+        return self._call(what, lambda: self._client.head_object(Bucket=self.bucket, Key=full))
+
+    def _list_one(self) -> bool:
+        """Whether anything is stored under the prefix; the bucket's existence and our
+        right to list the prefix are checked on the way."""
+        page = self._call(
+            f"list {self.url}",
+            lambda: self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1),
+        )
+        return bool(page.get("Contents"))
+
+    def init(self, marker: bytes) -> InitOutcome:
+        had_objects = self._list_one()
+        try:
+            self._head(f"check {STORAGE_MARKER}", STORAGE_MARKER)
+            self._initialised = True
+            return "already"
+        except ObjectNotFoundError:
+            pass
+        try:
+            self._call(
+                f"put {STORAGE_MARKER}",
+                lambda: self._client.put_object(
+                    Bucket=self.bucket, Key=self.prefix + STORAGE_MARKER, Body=marker, IfNoneMatch="*"
+                ),
+            )
+        except ObjectExistsError:
+            self._initialised = True
+            return "already"  # a concurrent init won, or our own earlier attempt: marked either way
+        self._initialised = True
+        return "adopted" if had_objects else "initialised"
+
     def put(self, key: str, data: Readable, *, overwrite: bool = True) -> ObjectInfo:
         full = self._key(key)
+        self._require_init()
         cond: dict[str, Any] = {} if overwrite else {"IfNoneMatch": "*"}
         if not overwrite:
             # Fail fast before streaming anything; the conditional write below
@@ -226,25 +288,30 @@ class S3Storage:
             log.warning("could not abort multipart upload", extra={"p88": {"key": full, "error": str(exc)}})
 
     def check(self) -> None:
+        # A listing of our own prefix, not HeadBucket: that needs bucket-wide ListBucket,
+        # which a policy scoped to the prefix does not grant.
+        self._list_one()
         try:
-            self._call(f"check bucket {self.bucket}", lambda: self._client.head_bucket(Bucket=self.bucket))
-        except ObjectNotFoundError:  # HEAD answers have no body: a missing bucket is a bare 404
-            raise StorageError(
-                f"bucket {self.bucket} does not exist", hint="create it or fix P88_STORAGE_URL"
-            ) from None
+            self._head(f"check {STORAGE_MARKER}", STORAGE_MARKER)
+        except ObjectNotFoundError:
+            raise not_initialised(self.url) from None
+        self._initialised = True
 
     def open(self, key: str) -> BinaryIO:
         full = self._key(key)
+        self._require_init()
         head = self._call(f"get {key}", lambda: self._client.head_object(Bucket=self.bucket, Key=full))
         return _ResumingReader(self, key, full, int(head["ContentLength"]), str(head["ETag"]))  # type: ignore[return-value]
 
     def stat(self, key: str) -> ObjectInfo:
         full = self._key(key)
+        self._require_init()
         head = self._call(f"stat {key}", lambda: self._client.head_object(Bucket=self.bucket, Key=full))
         return ObjectInfo(key, int(head["ContentLength"]), head.get("LastModified"))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)
+        self._require_init()
         full_prefix = self.prefix + prefix
         token: str | None = None
         cut = len(self.prefix)
@@ -264,12 +331,15 @@ class S3Storage:
 
     def sync(self, key: str) -> None:
         self._key(key)  # a completed PUT or multipart upload is durable when S3 answers
+        self._require_init()
 
     def delete(self, key: str) -> None:
         full = self._key(key)
+        self._require_init()
         self._call(f"delete {key}", lambda: self._client.delete_object(Bucket=self.bucket, Key=full))
 
     def delete_many(self, keys: Iterable[str]) -> None:
+        self._require_init()
         batch: builtins.list[str] = []
         for key in keys:
             batch.append(self._key(key))
@@ -295,6 +365,7 @@ class S3Storage:
         """Abort multipart uploads left by killed runs; return their keys."""
         import datetime as dt
 
+        self._require_init()
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than_seconds)
         resp = self._call(
             "list uploads",

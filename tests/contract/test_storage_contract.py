@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from p88backup.errors import ObjectExistsError, ObjectNotFoundError, StorageError
+from p88backup.catalog.layout import STORAGE_MARKER
+from p88backup.errors import ObjectExistsError, ObjectNotFoundError, StorageError, StorageNotInitialisedError
 from p88backup.storage import Storage, open_storage
-from tests.harness.helpers import new_bucket
+from p88backup.storage.marker import initialise, read_marker
+from tests.harness.helpers import initialised, new_bucket
 
 BACKENDS = ["memory", "local", "moto", "minio"]
 PERSISTENT_BACKENDS = BACKENDS[1:]
@@ -34,7 +36,7 @@ class Backend:
 
 
 def _open_backend(
-    name: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    name: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, init: bool = True
 ) -> Iterator[Backend]:
     env: dict[str, str] = {}
     if name == "memory":
@@ -48,13 +50,21 @@ def _open_backend(
             monkeypatch.setenv(k, v)
         url = f"s3://{new_bucket(server)}/some/prefix"
     storage = open_storage(url, retry_deadline=10)
-    yield Backend(name, url, env, storage)
+    yield Backend(name, url, env, initialised(storage) if init else storage)
     storage.close()
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
     yield from _open_backend(request.param, request, tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=BACKENDS)
+def blank(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
+    """A storage that is there (local: an existing, empty root) but was never initialised."""
+    if request.param == "local":
+        (tmp_path / "store").mkdir()
+    yield from _open_backend(request.param, request, tmp_path, monkeypatch, init=False)
 
 
 @pytest.fixture(params=PERSISTENT_BACKENDS)
@@ -132,6 +142,77 @@ def test_check_fails_when_the_storage_itself_is_missing(persistent_backend: Back
         gone.close()
 
 
+def test_storage_never_initialised_refuses_every_operation_and_stores_nothing(blank: Backend) -> None:
+    """An empty mount point or a wrong prefix looks exactly like this: never an empty archive."""
+    s = blank.storage
+    ops = {
+        "check": lambda: s.check(),
+        "put": lambda: put_bytes(s, "wal/00000001/x", b"x"),
+        "put create-only": lambda: put_bytes(s, "wal/00000001/x", b"x", overwrite=False),
+        "open": lambda: s.open("wal/00000001/x"),
+        "stat": lambda: s.stat("wal/00000001/x"),
+        "list": lambda: list(s.list("")),
+        "list prefix": lambda: list(s.list("dumps/")),
+        "sync": lambda: s.sync("wal/00000001/x"),
+        "delete": lambda: s.delete("wal/00000001/x"),
+        "delete_many": lambda: s.delete_many(["wal/00000001/x"]),
+        "reap_interrupted": lambda: s.reap_interrupted(0),
+    }
+    for name, op in ops.items():
+        with pytest.raises(StorageNotInitialisedError, match="not initialised.*") as err:
+            op()
+        assert "p88backup init" in (err.value.hint or ""), name
+    # Nothing landed: init finds the storage empty.
+    assert initialise(open_storage(blank.url, retry_deadline=10)).outcome == "initialised"
+    assert [o.key for o in s.list("")] == [STORAGE_MARKER]
+
+
+def test_init_marks_once_and_is_a_no_op_after(blank: Backend) -> None:
+    first = initialise(blank.storage)
+    assert first.outcome == "initialised"
+    assert first.marker is not None and first.marker["format_version"] == 1
+    assert first.marker["created_by"].startswith("p88backup ")
+    blank.storage.check()
+    put_bytes(blank.storage, "dumps/a", b"a")
+    again = initialise(open_storage(blank.url, retry_deadline=10))  # another process, later
+    assert again.outcome == "already" and again.marker == first.marker
+    assert get_bytes(blank.storage, "dumps/a") == b"a"
+
+
+def test_init_adopts_a_storage_written_before_markers(backend: Backend) -> None:
+    put_bytes(backend.storage, "dumps/20261127T021500Z/manifest.json", b"{}")
+    backend.storage.delete(STORAGE_MARKER)  # what a p88backup from before markers left
+    older = open_storage(backend.url, retry_deadline=10)
+    with pytest.raises(StorageNotInitialisedError):
+        older.check()
+    assert initialise(older).outcome == "adopted"
+    older.check()
+    assert get_bytes(older, "dumps/20261127T021500Z/manifest.json") == b"{}"
+    assert read_marker(older) is not None
+
+
+def test_a_missing_root_or_bucket_is_never_created_except_by_init(persistent_backend: Backend, tmp_path: Path) -> None:
+    """A put into a volume that is not mounted must fail, not create the root on the wrong filesystem."""
+    local = persistent_backend.name == "local"
+    url = f"file://{tmp_path}/mnt/not-mounted" if local else f"s3://p88-missing-{uuid.uuid4().hex[:12]}/prefix"
+    gone = open_storage(url, retry_deadline=5)
+    try:
+        for op in (lambda: put_bytes(gone, "wal/00000001/x", b"x"), lambda: gone.stat("wal/00000001/x")):
+            with pytest.raises(StorageError, match="does not exist") as err:
+                op()
+            assert not isinstance(err.value, ObjectNotFoundError | StorageNotInitialisedError)
+        if local:
+            assert not (tmp_path / "mnt").exists()
+            assert initialise(gone).outcome == "initialised"  # the one place a root is made
+            assert (tmp_path / "mnt" / "not-mounted" / STORAGE_MARKER).is_file()
+            put_bytes(gone, "wal/00000001/x", b"x")
+        else:
+            with pytest.raises(StorageError, match="bucket does not exist"):
+                initialise(gone)  # a bucket is never created: it must exist
+    finally:
+        gone.close()
+
+
 def test_list_is_sorted_prefix_filtered_and_empty_for_missing_prefix(backend: Backend) -> None:
     s = backend.storage
     for key in ["x/2", "x/10", "x/1/deep", "xy/1", "y/1"]:
@@ -141,7 +222,7 @@ def test_list_is_sorted_prefix_filtered_and_empty_for_missing_prefix(backend: Ba
     assert [o.size for o in s.list("y/")] == [3]
     assert list(s.list("missing/")) == []
     assert list(s.list("missing/deeper/")) == []
-    assert len(list(s.list(""))) == 5
+    assert [o.key for o in s.list("")] == sorted(["x/2", "x/10", "x/1/deep", "xy/1", "y/1", STORAGE_MARKER])
 
 
 def test_delete_and_delete_many(backend: Backend) -> None:

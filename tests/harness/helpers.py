@@ -11,7 +11,7 @@ import sys
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -21,6 +21,10 @@ from tests.harness.s3 import S3Server
 
 REPO = Path(__file__).resolve().parents[2]
 SEG = 16 * 1024 * 1024
+S = TypeVar("S", bound="Storage")
+
+if TYPE_CHECKING:
+    from p88backup.storage import Storage
 
 
 def unavailable(what: str, exc: BaseException | str) -> None:
@@ -82,6 +86,20 @@ def run_cli(
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
     return result
+
+
+def init_storage(env: dict[str, str]) -> None:
+    """``p88backup init`` for the storage an environment points at, as an operator sets one up:
+    every command refuses a storage without its marker (DESIGN §3.12)."""
+    ok(run_cli(["init"], env, timeout=60))
+
+
+def initialised(storage: S) -> S:
+    """An open Storage after ``init`` (in-process, for unit tests); returns it."""
+    from p88backup.storage.marker import initialise
+
+    initialise(storage)
+    return storage
 
 
 def json_out(result: subprocess.CompletedProcess[str]) -> Any:

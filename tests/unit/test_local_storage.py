@@ -1,4 +1,4 @@
-"""Local storage durability: which files and directories are fsynced."""
+"""Local storage: which files and directories are fsynced, and a root that is only ever made by init."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from p88backup.errors import ObjectNotFoundError
-from p88backup.storage.local import LocalStorage
+from p88backup.catalog.layout import STORAGE_MARKER
+from p88backup.errors import ObjectNotFoundError, StorageError, StorageNotInitialisedError
+from p88backup.storage.local import TMP_DIR, LocalStorage
+from p88backup.storage.marker import initialise
+from tests.harness.helpers import initialised
 
 
 @pytest.fixture
@@ -29,7 +32,7 @@ def test_put_fsyncs_the_file_and_every_directory_up_to_the_root(tmp_path: Path, 
     root = tmp_path / "store"
     root.mkdir()
     (root / "wal" / "0000000100000000").mkdir(parents=True)  # made by an earlier, killed put
-    s = LocalStorage(root)
+    s = initialised(LocalStorage(root))
     s.put("wal/0000000100000000/seg.zst", io.BytesIO(b"x"), overwrite=False)
     dirs = [str(root / "wal" / "0000000100000000"), str(root / "wal"), str(root)]
     assert fsynced[-3:] == dirs
@@ -37,10 +40,45 @@ def test_put_fsyncs_the_file_and_every_directory_up_to_the_root(tmp_path: Path, 
 
 def test_sync_makes_an_existing_object_durable(tmp_path: Path, fsynced: list[str]) -> None:
     root = tmp_path / "store"
-    s = LocalStorage(root)
+    s = initialised(LocalStorage(root))
     s.put("a/b/obj", io.BytesIO(b"x"))
     fsynced.clear()
     s.sync("a/b/obj")
     assert fsynced == [str(root / "a/b/obj"), str(root / "a/b"), str(root / "a"), str(root)]
     with pytest.raises(ObjectNotFoundError):
         s.sync("a/b/missing")
+
+
+def test_init_makes_a_missing_root_durably(tmp_path: Path, fsynced: list[str]) -> None:
+    root = tmp_path / "srv" / "p88"
+    assert initialise(LocalStorage(root)).outcome == "initialised"
+    assert (root / STORAGE_MARKER).is_file()
+    # each new directory's entry is synced in its parent, the marker's directory too
+    assert {str(tmp_path), str(tmp_path / "srv"), str(root)} <= set(fsynced)
+
+
+def test_a_volume_unmounted_under_a_running_process_is_noticed(tmp_path: Path) -> None:
+    """The marker is checked on every operation, not once: wal-stream runs for months."""
+    root = tmp_path / "mnt"
+    s = initialised(LocalStorage(root))
+    s.put("wal/00000001/a", io.BytesIO(b"a"))
+    root.rename(tmp_path / "the-volume")  # unmounted: an empty mount point is left
+    root.mkdir()
+    with pytest.raises(StorageNotInitialisedError):
+        s.put("wal/00000001/b", io.BytesIO(b"b"))
+    with pytest.raises(StorageNotInitialisedError):
+        s.stat("wal/00000001/a")
+    assert list(root.iterdir()) == []
+
+
+def test_init_of_a_fresh_filesystem_is_not_an_adoption(tmp_path: Path) -> None:
+    root = tmp_path / "mnt"
+    (root / "lost+found").mkdir(parents=True)  # what mkfs leaves at a volume's root
+    (root / TMP_DIR).mkdir()
+    assert initialise(LocalStorage(root)).outcome == "initialised"
+
+
+def test_init_refuses_a_root_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "store").write_text("not a directory")
+    with pytest.raises(StorageError, match="not a directory"):
+        initialise(LocalStorage(tmp_path / "store"))
