@@ -5,10 +5,12 @@ The TOML file uses the same names as the environment (lower case), flat for
 the essentials and tables for the structured parts (DESIGN §2). Relative
 paths in the file are resolved against the file's directory.
 
-The archive fast path (``wal-push``/``wal-fetch``) cannot afford to import
-pydantic on every WAL segment; it reads the few flat settings it needs
-through :mod:`p88backup.rawconfig`, and a unit test holds both readers to the
-same answers.
+The environment and the file are read by :func:`p88backup.rawconfig.read_config`
+against :data:`p88backup.rawconfig.SCHEMA`, the pydantic-free contract that
+the archive fast path (``wal-push``/``wal-fetch``) reads too: both accept and
+reject exactly the same input, with the same messages. The models here add
+types and defaults for the rest of the code; ``tests/unit/test_rawconfig.py``
+holds them equal to the schema, field by field.
 """
 
 from __future__ import annotations
@@ -20,25 +22,29 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from p88backup import rawconfig
 from p88backup.errors import ConfigError
-from p88backup.redact import redact_url, url_password
+from p88backup.rawconfig import ENV_PREFIX, STORAGE_SCHEMES
+from p88backup.redact import redact_url, url_secrets
 
-ENV_PREFIX = "P88_"
-STORAGE_SCHEMES = ("file", "s3", "memory")
+__all__ = ["ENV_PREFIX", "STORAGE_SCHEMES", "Settings", "load_settings"]
 
 
 def _split_words(value: Any) -> Any:
     """Accept ``"a, b c"`` from the environment as well as a TOML list."""
     if isinstance(value, str):
-        return [w for w in value.replace(",", " ").split() if w]
+        return rawconfig.split_words(value)
+    return value
+
+
+def _checked(check: Any, value: Any) -> Any:
+    """Run one of rawconfig's shared checks as a pydantic validator."""
+    problem = check(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -75,8 +81,8 @@ class DumpSettings(_Table):
 
 
 class WalSettings(_Table):
+    # No segment size here: it is fixed at initdb and read from the WAL (headers, server, manifests).
     slot_name: str = Field("p88backup", pattern=r"^[a-z0-9_]{1,63}$")
-    segment_size_mb: int = Field(16, ge=1, le=1024)
 
 
 class ReindexDefinition(_Table):
@@ -98,6 +104,11 @@ class DrillSettings(_Table):
     checks: list[DrillCheck] = Field(default_factory=list)
     port_range: tuple[int, int] = (55432, 55532)
 
+    @field_validator("port_range")
+    @classmethod
+    def _check_ports(cls, v: tuple[int, int]) -> tuple[int, int]:
+        return _checked(rawconfig.check_port_range, v)  # type: ignore[no-any-return]
+
 
 class ScheduleSettings(_Table):
     """Cron expressions (5 fields, UTC) for ``p88backup schedule``."""
@@ -111,15 +122,41 @@ class ScheduleSettings(_Table):
     listen: str = "0.0.0.0:9188"
 
 
+class StatusSettings(_Table):
+    """``status`` exits non-zero past these ages (``26h``, ``8d``, ``15m``); unset: not checked."""
+
+    max_dump_age: str | None = Field(None, pattern=rawconfig.DURATION_RE)
+    max_basebackup_age: str | None = Field(None, pattern=rawconfig.DURATION_RE)
+    max_wal_age: str | None = Field(None, pattern=rawconfig.DURATION_RE)
+    max_drill_age: str | None = Field(None, pattern=rawconfig.DURATION_RE)
+
+    def seconds(self, name: str) -> float | None:
+        """A threshold in seconds (``seconds("max_dump_age")``), or None when unset."""
+        value = getattr(self, name)
+        return None if value is None else rawconfig.parse_duration(value)
+
+
+class _ContractSource(PydanticBaseSettingsSource):
+    """The environment and the config file, as :func:`rawconfig.read_config` reads them."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False  # unused: __call__ reads everything at once
+
+    def __call__(self) -> dict[str, Any]:
+        import os
+
+        return rawconfig.read_config(_config_file.get(), os.environ)
+
+
 _config_file: ContextVar[Path | None] = ContextVar("p88_config_file", default=None)
 
 
 class Settings(BaseSettings):
     """Effective configuration. Field names are the contract (DESIGN §2)."""
 
+    # The environment and the file come from _ContractSource (rawconfig), not from
+    # pydantic-settings' own sources: see settings_customise_sources.
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
         extra="forbid",
         hide_input_in_errors=True,
         validate_default=True,
@@ -148,6 +185,7 @@ class Settings(BaseSettings):
     reindex: list[ReindexDefinition] = Field(default_factory=list)
     drill: DrillSettings = Field(default_factory=DrillSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    status: StatusSettings = Field(default_factory=StatusSettings)
 
     _split = field_validator("age_recipients", mode="before")(_split_words)
 
@@ -162,36 +200,24 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        if not v.startswith(("postgresql://", "postgres://")):
-            raise ValueError("must be a libpq URL: postgresql://user@host:port/dbname")
-        return v
+        return v if v is None else _checked(rawconfig.check_database_url, v)
 
     @field_validator("storage_url")
     @classmethod
     def _check_storage_url(cls, v: str) -> str:
-        scheme, sep, rest = v.partition("://")
-        if not sep or scheme not in STORAGE_SCHEMES:
-            raise ValueError("must start with file://, s3:// or memory://")
-        if scheme == "s3" and not rest.split("/", 1)[0]:
-            raise ValueError("s3:// URL needs a bucket: s3://bucket/prefix")
-        if scheme == "file" and not rest.startswith("/"):
-            raise ValueError("file:// URL needs an absolute path: file:///var/backups/p88")
-        return v
+        return _checked(rawconfig.check_storage_url, v)  # type: ignore[no-any-return]
 
     @field_validator("age_recipients")
     @classmethod
     def _check_recipients(cls, v: list[str]) -> list[str]:
         for r in v:
-            if not r.startswith(("age1", "ssh-")):
-                raise ValueError("age recipients are public keys starting with age1 or ssh-")
+            _checked(rawconfig.check_recipient, r)
         return v
 
     @model_validator(mode="after")
     def _resolve_relative_paths(self) -> Settings:
         base = _config_file.get()
-        root = base.parent if base is not None else Path.cwd()
+        root = base.resolve().parent if base is not None else Path.cwd()
 
         def fix(p: Path | None) -> Path | None:
             return p if p is None or p.is_absolute() else (root / p)
@@ -212,19 +238,19 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = _config_file.get()
-        if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
+        # One reader for the environment and the file, shared with the archive fast path.
+        return (init_settings, _ContractSource(settings_cls))
 
     # -- derived views -------------------------------------------------------
 
     @property
     def secrets(self) -> list[str]:
-        """Strings that must never be printed (for the log filter)."""
-        pw = url_password(self.database_url) if self.database_url else None
-        return [pw] if pw else []
+        """Strings that must never be printed (for the log filter): every password and
+        libpq secret parameter in the URLs, as written and decoded."""
+        out: list[str] = []
+        for url in (self.database_url, self.opensearch_url, self.storage_url):
+            out += [s for s in url_secrets(url) if s not in out]
+        return out
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, safe to print."""
@@ -242,29 +268,22 @@ class Settings(BaseSettings):
         return timedelta(days=days) if days else None
 
 
-def _describe(loc: tuple[int | str, ...]) -> str:
-    dotted = ".".join(str(p) for p in loc)
-    env = ENV_PREFIX + "__".join(str(p).upper() for p in loc if not isinstance(p, int))
-    return f"{dotted} (env {env})"
-
-
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read settings from the environment and the optional TOML file.
 
     Raises :class:`ConfigError` with one line naming the field and the
     problem; the offending value is never echoed (it may be a secret).
     """
-    if config_file is not None and not config_file.is_file():
-        raise ConfigError(f"config file not found: {config_file}")
-    token = _config_file.set(config_file.resolve() if config_file else None)
+    # As given, not resolved: rawconfig's messages name the file the way the user did.
+    token = _config_file.set(config_file)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = [f"{_describe(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        # Only for what rawconfig's checks let through (overrides, or a drift that the
+        # contract tests exist to catch): the same message format, pydantic's words.
+        problems = [f"{rawconfig.describe(e['loc'])}: {e['msg']}" for e in exc.errors()]
         first, more = problems[0], len(problems) - 1
         suffix = f" (and {more} more: {'; '.join(problems[1:])})" if more else ""
         raise ConfigError(f"invalid setting {first}{suffix}") from None
-    except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
-        raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
     finally:
         _config_file.reset(token)

@@ -1,18 +1,55 @@
-"""The archive fast path reads the same settings, with the same precedence, as the full CLI."""
+"""One settings contract: the archive fast path (rawconfig) and Settings (pydantic) read the
+same input the same way, accept the same files and reject the same mistakes with the same
+message, and rawconfig's SCHEMA is held equal to the Settings fields."""
 
 from __future__ import annotations
 
 import os
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
+import annotated_types
 import pytest
+from pydantic import BaseModel
 
-from p88backup.rawconfig import ArchiveConfig, load_archive_config
-from p88backup.settings import load_settings
+from p88backup.errors import ConfigError
+from p88backup.rawconfig import (
+    ARCHIVE_FIELDS,
+    SCHEMA,
+    ArchiveConfig,
+    Setting,
+    Table,
+    load_archive_config,
+    parse_duration,
+)
+from p88backup.settings import Settings, load_settings
 
-FIELDS = [f for f in ArchiveConfig.__dataclass_fields__]
+FIELDS = list(ArchiveConfig.__dataclass_fields__)
 
-CASES = {
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in list(os.environ):
+        if key.lower().startswith("p88_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], toml: str) -> Path | None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    if not toml:
+        return None
+    cfg = tmp_path / "p88.toml"
+    cfg.write_text(toml)
+    return cfg
+
+
+# -- both readers give the same answers ------------------------------------------
+
+GOOD = {
     "defaults": ({}, ""),
     "file only": (
         {},
@@ -24,23 +61,257 @@ CASES = {
         'storage_url = "s3://b/p"\ncompression_threads = 1\n',
     ),
     "env relative path": ({"P88_AGE_RECIPIENTS_FILE": "rec.txt"}, ""),
+    "env names are case-insensitive": ({"p88_storage_url": "file:///lower", "P88_Compression_Level": "7"}, ""),
+    "every table of the contract": (
+        {"P88_RETENTION__KEEP_DAILY": "3", "P88_DUMP__GLOBALS": "no", "P88_STATUS__MAX_WAL_AGE": "15m"},
+        """
+storage_url = "file:///srv/b"
+retry_deadline_seconds = 10
+[retention]
+keep_weekly = 2
+base_backup_window_days = 1.5
+[dump]
+databases = "a, b"
+format = "directory"
+[wal]
+slot_name = "p88_slot"
+[[reindex]]
+index = "documents"
+query = "SELECT 1"
+mappings = "m.json"
+[[drill.checks]]
+name = "n"
+sql = "SELECT true"
+[drill]
+port_range = [6000, 6100]
+[schedule]
+dump = "15 2 * * *"
+[status]
+max_dump_age = "26h"
+max_basebackup_age = "8d"
+max_drill_age = "8d"
+""",
+    ),
+    "a whole table as JSON in the environment, with a variable inside it winning": (
+        {"P88_RETENTION": '{"keep_daily": 3, "keep_weekly": 2}', "P88_RETENTION__KEEP_WEEKLY": "9"},
+        "",
+    ),
+    "variables naming no setting are ignored, as pydantic-settings does": (
+        {"P88_CONFIG": "/nowhere.toml", "P88_BOGUS": "1", "P88_TEST_PG_PORT": "5"},
+        "",
+    ),
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(GOOD))
 def test_fast_reader_agrees_with_settings(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    env, toml = CASES[case]
-    for key in list(os.environ):
-        if key.startswith("P88_"):
-            monkeypatch.delenv(key)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.chdir(tmp_path)
-    cfg = None
-    if toml:
-        cfg = tmp_path / "p88.toml"
-        cfg.write_text(toml)
+    env, toml = GOOD[case]
+    cfg = setup(tmp_path, monkeypatch, env, toml)
     full = load_settings(cfg)
     fast = load_archive_config(cfg)
     for name in FIELDS:
         assert getattr(fast, name) == getattr(full, name), name
+
+
+def test_settings_see_every_table_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env, toml = GOOD["every table of the contract"]
+    s = load_settings(setup(tmp_path, monkeypatch, env, toml))
+    assert (s.retention.keep_daily, s.retention.keep_weekly, s.retention.base_backup_window_days) == (3, 2, 1.5)
+    assert s.dump.databases == ["a", "b"] and s.dump.format == "directory" and s.dump.globals is False
+    assert s.reindex[0].mappings == tmp_path / "m.json"
+    assert s.drill.port_range == (6000, 6100) and s.drill.checks[0].name == "n"
+    assert s.status.max_dump_age == "26h" and s.status.max_wal_age == "15m"
+    assert s.status.seconds("max_basebackup_age") == 8 * 86400 and s.status.seconds("max_drill_age") == 8 * 86400
+    s = load_settings(
+        setup(
+            tmp_path, monkeypatch, *GOOD["a whole table as JSON in the environment, with a variable inside it winning"]
+        )
+    )
+    assert (s.retention.keep_daily, s.retention.keep_weekly) == (3, 9)
+
+
+# -- ... and reject the same mistakes with the same message ----------------------
+
+BAD: dict[str, tuple[dict[str, str], str, str]] = {
+    # name: (env, toml, expected message)
+    "misspelt key": ({}, 'storag_url = "file:///srv/x"\n', "unknown setting storag_url (in p88.toml)"),
+    "misspelt age_recipients": (
+        {},
+        'age_recipient = ["age1abc"]\n',
+        "unknown setting age_recipient (in p88.toml)",
+    ),
+    "unknown key in a table": ({}, "[retention]\nkeep_daly = 3\n", "unknown setting retention.keep_daly"),
+    "unknown key in a list of tables": (
+        {},
+        '[[reindex]]\nindex = "d"\nqurey = "SELECT 1"\n',
+        "unknown setting reindex.0.qurey",
+    ),
+    "unknown key in drill checks": (
+        {},
+        '[[drill.checks]]\nnme = "x"\nsql = "s"\n',
+        "unknown setting drill.checks.0.nme",
+    ),
+    "unknown table": ({}, "[retension]\nkeep_daily = 3\n", "unknown setting retension"),
+    "retired wal.segment_size_mb": ({}, "[wal]\nsegment_size_mb = 16\n", "the WAL segment size is no longer a setting"),
+    "compression level out of range": (
+        {},
+        "compression_level = 99\n",
+        "invalid setting compression_level (env P88_COMPRESSION_LEVEL): must be less than or equal to 19",
+    ),
+    "negative retry deadline": (
+        {},
+        "retry_deadline_seconds = -5\n",
+        "invalid setting retry_deadline_seconds (env P88_RETRY_DEADLINE_SECONDS): must be greater than 0",
+    ),
+    "infinite retry deadline": ({"P88_RETRY_DEADLINE_SECONDS": "inf"}, "", "must be a finite number"),
+    "relative file URL": ({}, 'storage_url = "file://relative"\n', "file:// URL needs an absolute path"),
+    "unknown storage scheme": ({"P88_STORAGE_URL": "ftp://x"}, "", "must start with file://, s3:// or memory://"),
+    "a private key as recipient": ({"P88_AGE_RECIPIENTS": "AGE-SECRET-KEY-1XYZ"}, "", "public keys"),
+    "string for an integer": (
+        {},
+        'compression_level = "5"\n',
+        "compression_level (env P88_COMPRESSION_LEVEL): must be an integer",
+    ),
+    "float for an integer": ({"P88_COMPRESSION_LEVEL": "5.0"}, "", "must be an integer"),
+    "bad bool": ({"P88_DUMP__GLOBALS": "maybe"}, "", "dump.globals (env P88_DUMP__GLOBALS): must be true or false"),
+    "bad choice": (
+        {},
+        '[dump]\nformat = "tar"\n',
+        "dump.format (env P88_DUMP__FORMAT): must be one of custom, directory",
+    ),
+    "bad duration": ({}, '[status]\nmax_dump_age = "26 hours"\n', "status.max_dump_age (env P88_STATUS__MAX_DUMP_AGE)"),
+    "unknown key in a table, from the environment": (
+        {"P88_RETENTION__KEEP_DALY": "3"},
+        "",
+        "unknown setting retention.keep_daly (env P88_RETENTION__KEEP_DALY)",
+    ),
+    "a table that is not JSON": ({"P88_RETENTION": "keep_daily=3"}, "", "retention (env P88_RETENTION): must be JSON"),
+    "a list of tables item by item": ({"P88_REINDEX__0__INDEX": "docs-index"}, "", "give it whole, as JSON"),
+    "a table that is a value": ({}, "retention = 7\n", "retention (env P88_RETENTION): must be a table"),
+    "a required key missing": ({}, '[[reindex]]\nindex = "d"\n', "reindex.0.query (env P88_REINDEX): is required"),
+    "an empty path": ({}, 'age_identity_file = ""\n', "must be a non-empty path"),
+    "a port range upside down": ({}, "[drill]\nport_range = [6100, 6000]\n", "drill.port_range"),
+    "a TOML syntax error": ({}, "[oops", "cannot read config file p88.toml"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_both_readers_reject_the_same_mistakes_alike(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env, toml, message = BAD[case]
+    setup(tmp_path, monkeypatch, env, toml)
+    cfg = Path("p88.toml") if toml else None  # as a user types it: messages name it that way
+    with pytest.raises(ConfigError) as full:
+        load_settings(cfg)
+    with pytest.raises(ConfigError) as fast:
+        load_archive_config(cfg)
+    assert str(fast.value) == str(full.value) and fast.value.hint == full.value.hint
+    assert message in str(full.value)
+    for value in env.values():
+        assert value not in str(full.value) or value in message  # values are never echoed
+
+
+def test_a_misspelt_key_says_what_was_meant(tmp_path: Path) -> None:
+    (tmp_path / "p88.toml").write_text('[dump]\nformt = "custom"\n')
+    with pytest.raises(ConfigError) as err:
+        load_archive_config(tmp_path / "p88.toml")
+    assert err.value.hint == "did you mean format?"
+
+
+def test_a_missing_config_file(tmp_path: Path) -> None:
+    for reader in (load_settings, load_archive_config):
+        with pytest.raises(ConfigError, match="config file not found: nope.toml"):
+            reader(Path("nope.toml"))
+
+
+# -- the schema is the Settings contract, field by field --------------------------
+
+
+def _model_of(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """(model class, is a list of them) for a field annotation, or (None, False)."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (inner,) = typing.get_args(annotation)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            return inner, True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    return None, False
+
+
+def _kind_of(annotation: Any) -> tuple[set[str], bool]:
+    """Which rawconfig kinds fit a pydantic annotation, and whether it takes None."""
+    args = typing.get_args(annotation)
+    nullable = typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args
+    if nullable:
+        (annotation,) = [a for a in args if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return {"choice"}, nullable
+    if origin is list and typing.get_args(annotation) == (str,):
+        return {"words"}, nullable
+    if origin is tuple and typing.get_args(annotation) == (int, int):
+        return {"intpair"}, nullable
+    kinds = {str: {"str"}, int: {"int"}, float: {"float"}, bool: {"bool"}, Path: {"path", "searchpath"}}
+    return kinds[annotation], nullable
+
+
+def _compare(table: Table, model: type[BaseModel], where: str) -> None:
+    names = [item.name for item in table.items]
+    assert sorted(names) == sorted(model.model_fields), f"{where or 'top level'}: schema and Settings differ"
+    for item in table.items:
+        info = model.model_fields[item.name]
+        here = f"{where}{item.name}"
+        sub, many = _model_of(info.annotation)
+        if isinstance(item, Table):
+            assert sub is not None and many == item.many, here
+            _compare(item, sub, here + ".")
+            continue
+        assert isinstance(item, Setting) and sub is None, here
+        kinds, nullable = _kind_of(info.annotation)
+        assert item.kind in kinds and item.nullable == nullable, here
+        if info.is_required():
+            assert item.required, here
+        else:
+            assert item.make_default() == info.get_default(call_default_factory=True), here
+        bounds = {"ge": None, "gt": None, "le": None}
+        pattern = None
+        for m in info.metadata:
+            for name in bounds:
+                if isinstance(m, getattr(annotated_types, name.capitalize())):
+                    bounds[name] = getattr(m, name)
+            pattern = getattr(m, "pattern", pattern)
+        assert (item.ge, item.gt, item.le) == (bounds["ge"], bounds["gt"], bounds["le"]), here
+        assert item.pattern == pattern, here
+        if item.kind == "choice":
+            choices = typing.get_args(info.annotation)
+            assert item.choices == choices, here
+
+
+def test_schema_is_the_settings_contract() -> None:
+    _compare(SCHEMA, Settings, "")
+
+
+def test_the_fast_path_defaults_are_the_schema_s() -> None:
+    assert tuple(FIELDS) == ARCHIVE_FIELDS
+    defaults = ArchiveConfig()
+    for name in ARCHIVE_FIELDS:
+        spec = SCHEMA.get(name)
+        assert isinstance(spec, Setting)
+        assert getattr(defaults, name) == spec.make_default(), name
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("26h", 93600), ("8d", 691200), ("15m", 900), ("90s", 90), ("2w", 1209600), ("1.5h", 5400)]
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["26", "h", "26 h", "-1h", "1y", "", "1h30m"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)

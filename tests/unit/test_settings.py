@@ -128,3 +128,21 @@ def test_redacted_view_hides_the_password(tmp_path: Path) -> None:
     assert data["database_url"] == "postgresql://backup:***@db:5432/p88"
     assert "file-secret" not in repr(data)
     assert s.secrets == ["file-secret"]
+
+
+def test_every_libpq_secret_in_the_url_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "P88_DATABASE_URL", "postgresql://backup@db/p88?password=q-secret%21&sslpassword=key-secret&sslmode=require"
+    )
+    s = load_settings(None)
+    assert {"q-secret%21", "q-secret!", "key-secret"} <= set(s.secrets)
+    shown = repr(s.redacted())
+    assert "q-secret" not in shown and "key-secret" not in shown
+    assert "password=***" in shown and "sslpassword=***" in shown and "sslmode=require" in shown
+
+
+def test_status_thresholds_and_the_retired_segment_size(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, '[status]\nmax_dump_age = "26h"\nmax_wal_age = "15m"\n'))
+    assert s.status.seconds("max_dump_age") == 26 * 3600 and s.status.seconds("max_basebackup_age") is None
+    with pytest.raises(ConfigError, match="wal.segment_size_mb .*no longer a setting"):
+        load_settings(write(tmp_path, "[wal]\nsegment_size_mb = 64\n"))
