@@ -102,14 +102,10 @@ class ConnInfo:
     def connect(self, *, autocommit: bool = True, **kw: Any) -> Any:
         import psycopg
 
+        options: dict[str, Any] = {**self.secrets, **kw}  # in-process: libpq gets them directly
         try:
             return psycopg.connect(
-                self.dsn(),
-                password=self.password,
-                autocommit=autocommit,
-                connect_timeout=10,
-                **self.secrets,
-                **kw,
+                self.dsn(), password=self.password, autocommit=autocommit, connect_timeout=10, **options
             )
         except psycopg.OperationalError as exc:
             raise DatabaseError(
