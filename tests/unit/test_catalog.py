@@ -14,6 +14,7 @@ from p88backup.catalog.backups import Catalog, layout
 from p88backup.errors import NotFoundError, ObjectExistsError, StorageError, VerifyError
 from p88backup.storage import open_storage
 from tests.harness.helpers import fake_dump_manifest as manifest
+from tests.harness.helpers import initialised
 
 T0 = datetime(2026, 11, 27, 2, 15, 0, tzinfo=UTC)
 
@@ -51,7 +52,7 @@ def test_parse_manifest_key() -> None:
 
 @pytest.fixture
 def catalog() -> Catalog:
-    return Catalog(open_storage(f"memory://{uuid.uuid4().hex}"))
+    return Catalog(initialised(open_storage(f"memory://{uuid.uuid4().hex}")))
 
 
 def test_only_backups_with_a_manifest_are_listed(catalog: Catalog) -> None:
@@ -103,7 +104,7 @@ class LandsThenFails:
 
 
 def test_discard_takes_back_a_manifest_that_landed_before_its_write_failed() -> None:
-    storage = LandsThenFails(open_storage(f"memory://{uuid.uuid4().hex}"))
+    storage = LandsThenFails(initialised(open_storage(f"memory://{uuid.uuid4().hex}")))
     catalog = Catalog(storage)
     m = manifest("20261127T021500Z", T0)
     put_data = m.objects[0].key
@@ -112,11 +113,11 @@ def test_discard_takes_back_a_manifest_that_landed_before_its_write_failed() -> 
         catalog.write(m)
     assert catalog.ids("dump") == ["20261127T021500Z"]  # it landed
     catalog.discard("dump", m.id, [put_data], manifest=True)
-    assert catalog.ids("dump") == [] and list(storage.list("")) == []
+    assert catalog.ids("dump") == [] and [o.key for o in storage.list("")] == [layout.STORAGE_MARKER]
 
 
 def test_discard_keeps_the_objects_when_the_manifest_cannot_be_removed() -> None:
-    storage = LandsThenFails(open_storage(f"memory://{uuid.uuid4().hex}"))
+    storage = LandsThenFails(initialised(open_storage(f"memory://{uuid.uuid4().hex}")))
     catalog = Catalog(storage)
     m = manifest("20261127T021500Z", T0)
     storage.put(m.objects[0].key, io.BytesIO(b"x"))

@@ -15,6 +15,7 @@ from p88backup.storage import Storage, open_storage
 from p88backup.stream import Codec, encode
 from tests.harness.helpers import fake_basebackup_manifest as basebackup
 from tests.harness.helpers import fake_dump_manifest as manifest
+from tests.harness.helpers import initialised
 
 NOW = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
 
@@ -38,7 +39,7 @@ def fill(catalog: Catalog, days: int) -> list[str]:
 
 
 def test_plan_is_exactly_what_apply_deletes(tmp_path: Path) -> None:
-    catalog = Catalog(open_storage(f"memory://{uuid.uuid4().hex}"))
+    catalog = Catalog(initialised(open_storage(f"memory://{uuid.uuid4().hex}")))
     ids = fill(catalog, 60)
     expirer = Expirer(catalog.storage, GfsPolicy(7, 4, 2, 1), orphan_grace=timedelta(hours=24), lock_dir=tmp_path)
     plan = expirer.plan(NOW)
@@ -51,7 +52,7 @@ def test_plan_is_exactly_what_apply_deletes(tmp_path: Path) -> None:
 
 
 def test_newest_is_kept_even_with_everything_zero(tmp_path: Path) -> None:
-    catalog = Catalog(open_storage(f"memory://{uuid.uuid4().hex}"))
+    catalog = Catalog(initialised(open_storage(f"memory://{uuid.uuid4().hex}")))
     ids = fill(catalog, 3)
     expirer = Expirer(catalog.storage, GfsPolicy(0, 0, 0, 1), orphan_grace=timedelta(hours=24), lock_dir=tmp_path)
     expirer.apply(expirer.plan(NOW))
@@ -62,7 +63,7 @@ def test_orphans_go_after_grace_unless_a_run_is_in_progress(tmp_path: Path) -> N
     import os
 
     store = tmp_path / "store"
-    catalog = Catalog(open_storage(f"file://{store}"))
+    catalog = Catalog(initialised(open_storage(f"file://{store}")))
     fill(catalog, 1)
     old, new = "20261101T000000Z", "20261127T025900Z"
     for bid in (old, new):
@@ -86,7 +87,7 @@ def test_base_backups_and_the_wal_only_they_need(tmp_path: Path) -> None:
     from p88backup.core.wal.archive import WalArchive
     from p88backup.stream import Codec
 
-    catalog = Catalog(open_storage(f"memory://{uuid.uuid4().hex}"))
+    catalog = Catalog(initialised(open_storage(f"memory://{uuid.uuid4().hex}")))
     s = catalog.storage
     starts = {
         "20261120T020000Z": "000000010000000000000002",
@@ -133,7 +134,7 @@ def test_no_base_backup_means_no_wal_is_expired(tmp_path: Path) -> None:
     from p88backup.core.wal.archive import WalArchive
     from p88backup.stream import Codec
 
-    s = open_storage(f"memory://{uuid.uuid4().hex}")
+    s = initialised(open_storage(f"memory://{uuid.uuid4().hex}"))
     s.put(wal_key("000000010000000000000001", ".zst"), io.BytesIO(b"w"))
     expirer = Expirer(
         s, GfsPolicy(1, 0, 0, 1), orphan_grace=timedelta(hours=24), lock_dir=tmp_path, archive=WalArchive(s, Codec())
@@ -172,7 +173,7 @@ def after_a_restore() -> Catalog:
     """
     from p88backup.catalog.layout import wal_key
 
-    catalog = Catalog(open_storage(f"memory://{uuid.uuid4().hex}"))
+    catalog = Catalog(initialised(open_storage(f"memory://{uuid.uuid4().hex}")))
     s = catalog.storage
     add_base(catalog, B1, seg(1, 2))
     add_base(catalog, B2, seg(1, 8))
@@ -308,7 +309,7 @@ def test_edited_manifest_cannot_make_expire_delete_wal(tmp_path: Path) -> None:
     from p88backup.catalog.layout import wal_key
     from p88backup.catalog.models import StoredObject
 
-    catalog = Catalog(open_storage(f"memory://{uuid.uuid4().hex}"))
+    catalog = Catalog(initialised(open_storage(f"memory://{uuid.uuid4().hex}")))
     s = catalog.storage
     ids = fill(catalog, 3)
     precious = wal_key(seg(1, 1), ".zst")

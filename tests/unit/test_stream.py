@@ -13,6 +13,7 @@ import pytest
 from p88backup.errors import CryptoError, VerifyError
 from p88backup.storage import open_storage
 from p88backup.stream import HashingReader, ZstdDecodeReader, decode, encode, make_codec, read_all, zstd_compress
+from tests.harness.helpers import initialised
 
 
 def keypair(tmp_path: Path) -> tuple[str, Path]:
@@ -29,7 +30,7 @@ def test_roundtrip_through_storage_and_standard_tools(tmp_path: Path, encrypted:
     """Acceptance: what we store decodes with the `zstd` and `age` command-line tools."""
     public, key = keypair(tmp_path)
     codec = make_codec(level=3, recipients=[public] if encrypted else [], identity_file=key)
-    storage = open_storage(f"file://{tmp_path}/store")
+    storage = initialised(open_storage(f"file://{tmp_path}/store"))
     raw = HashingReader(io.BytesIO(DATA))
     stored = HashingReader(encode(raw, codec))
     storage.put("obj" + codec.suffix, stored)

@@ -12,7 +12,7 @@ from p88backup.core.wal.archive import WalArchive
 from p88backup.errors import ObjectNotFoundError, StorageError
 from p88backup.storage.memory import MemoryStorage
 from p88backup.stream import make_codec
-from tests.harness.helpers import SEG, cli_env, run_cli
+from tests.harness.helpers import SEG, cli_env, init_storage, initialised, run_cli
 from tests.harness.helpers import wal_header as header
 
 NAME = "000000010000000000000003"
@@ -26,6 +26,7 @@ def segment(path: Path) -> Path:
 class Recording(MemoryStorage):
     def __init__(self) -> None:
         super().__init__(uuid.uuid4().hex)
+        initialised(self)
         self.synced: list[str] = []
         self.missing = False
 
@@ -64,6 +65,7 @@ def test_wal_fetch_from_a_storage_root_that_is_not_there_aborts_recovery(tmp_pat
     assert r.returncode == 126, r.stderr
     assert "does not exist" in r.stderr
     (tmp_path / "not-mounted").mkdir()
+    init_storage(env)
     assert run_cli(["wal-fetch", NAME, str(tmp_path / "x")], env).returncode == 1  # now truly not archived
 
 
@@ -72,6 +74,7 @@ def test_wal_fetch_accepts_options_after_the_command_and_never_exits_2(tmp_path:
     cfg = tmp_path / "p88.toml"
     cfg.write_text(f'storage_url = "file://{tmp_path}/store"\n')
     env = cli_env(tmp_path)
+    init_storage({**env, "P88_CONFIG": str(cfg)})
     # the form its --help documents: wal-fetch [--config FILE] NAME DEST
     assert run_cli(["wal-fetch", "--config", str(cfg), NAME, str(tmp_path / "x")], env).returncode == 1
     assert run_cli(["wal-fetch", f"--config={cfg}", "-v", NAME, str(tmp_path / "x")], env).returncode == 1
