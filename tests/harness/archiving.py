@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.helpers import REPO, cli_env, run_cli
+from tests.harness.helpers import REPO, cli_env, init_storage, run_cli
 from tests.harness.postgres import PgCluster
 from tests.harness.procs import chown_for_service, service_user
 
@@ -83,6 +83,7 @@ def make_archived(
             d.mkdir(exist_ok=True)
             chown_for_service(d)
     config.chmod(0o644)
+    init_storage(cli_env(tmp_path, P88_CONFIG=str(config), **(extra_env or {})))
     settings = {"archive_mode": "off"}
     if mode == "push":
         settings = {
