@@ -11,6 +11,7 @@
     basebackups/<id>/base.tar.zst[.age]    pg_basebackup tar
     basebackups/<id>/backup_manifest.zst[.age]  PostgreSQL's backup_manifest, also on its own
     wal/<timeline>/<segment>.zst[.age]     archived WAL, one object per file
+    wal/<timeline>/<segment>.digest.json   SHA-256 of an encrypted WAL file's raw bytes
     restorepoints/<name>.json              restore points (LSN, time) for --pitr name:
 
 Every key p88backup writes is built here. Standard library only, and
@@ -30,6 +31,7 @@ from typing import Literal
 Kind = Literal["dump", "basebackup"]
 WAL_PREFIX = "wal/"
 WAL_SUFFIXES = (".zst", ".zst.age")
+WAL_DIGEST_SUFFIX = ".digest.json"
 KIND_DIRS: dict[str, str] = {"dump": "dumps", "basebackup": "basebackups"}
 MANIFEST = "manifest.json"
 ID_RE = re.compile(r"^\d{8}T\d{6}Z(-\d{2})?$")
@@ -121,8 +123,23 @@ def wal_key(name: str, suffix: str) -> str:
     return f"{WAL_PREFIX}{name[:8]}/{name}{suffix}"
 
 
+def wal_digest_key(name: str) -> str:
+    """The digest record stored beside an encrypted WAL file (see ``core/wal/archive.py``)."""
+    return f"{WAL_PREFIX}{name[:8]}/{name}{WAL_DIGEST_SUFFIX}"
+
+
+def wal_file_keys(name: str) -> list[str]:
+    """Every key that may belong to WAL file ``name``, in the order to delete them.
+
+    The stored file in either encoding first, its digest record last: an
+    interrupted delete then leaves at worst a digest without its file, which
+    only makes a later push of *different* content under that name fail.
+    """
+    return [wal_key(name, suffix) for suffix in WAL_SUFFIXES] + [wal_digest_key(name)]
+
+
 def wal_name_of_key(key: str) -> str | None:
-    """The WAL file name a key under ``wal/`` stores, or None for anything else."""
+    """The WAL file name a key under ``wal/`` stores, or None for anything else (digest records too)."""
     base = key.rsplit("/", 1)[-1]
     for suffix in sorted(WAL_SUFFIXES, key=len, reverse=True):
         if base.endswith(suffix):

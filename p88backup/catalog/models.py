@@ -108,6 +108,13 @@ class BaseBackupManifest(_ManifestBase):
     stop_lsn: str
     start_wal: str
     stop_wal: str
+    wal_segment_size: int = Field(
+        16 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=1024 * 1024 * 1024,
+        description="bytes per WAL segment of the cluster (initdb --wal-segsize): what WAL names mean;"
+        " manifests written before it was recorded are from 16 MiB clusters",
+    )
     start_time: datetime
     stop_time: datetime = Field(description="server clock, read after the backup ended (never before it)")
     data_size: int = Field(0, description="bytes of the data directory")

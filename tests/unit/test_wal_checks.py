@@ -46,3 +46,23 @@ def test_bad_segments(name: str, head: bytes, size: int, message: str) -> None:
 def test_keys_round_trip(name: str, suffix: str, key: str) -> None:
     assert wal_key(name, suffix) == key
     assert name_of_key(key) == name
+
+
+def test_a_name_that_does_not_fit_its_header_s_segment_size_is_a_verify_error() -> None:
+    # ...0100 exists with 1 MB segments, not with 16 MB ones: the header decides, and says so.
+    with pytest.raises(VerifyError, match="not a valid segment name for 16777216-byte segments"):
+        check_segment("000000010000000000000100", header(0x100), SEG)
+    mb = 1024 * 1024
+    assert check_segment("000000010000000000000100", header(0x100, size=mb), mb).segment_size == mb
+
+
+def test_every_key_of_a_wal_file_file_before_its_digest_record() -> None:
+    from p88backup.catalog.layout import wal_digest_key, wal_file_keys
+
+    name = "000000010000000000000003"
+    assert wal_file_keys(name) == [
+        f"wal/00000001/{name}.zst",
+        f"wal/00000001/{name}.zst.age",
+        f"wal/00000001/{name}.digest.json",
+    ]
+    assert wal_digest_key(name) == wal_file_keys(name)[-1] and name_of_key(wal_digest_key(name)) is None

@@ -21,6 +21,7 @@ from p88backup.core.wal.names import (
     segment_for_lsn,
     segment_name,
     segment_range,
+    segment_sort_key,
     segment_start_lsn,
     timeline_of_lsn,
     timeline_of_segment_at,
@@ -313,6 +314,50 @@ def test_classify_depends_on_segment_size() -> None:
     # A backup starting 32 MB into a 64 MB segment is fine; in a 16 MB one it is not.
     assert is_wal_name("000000010000000000000001.02000000.backup", 64 * MB)
     assert not is_wal_name("000000010000000000000001.02000000.backup")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("000000010000000000000100", "segment"),  # segment 256 of a 1 MB cluster
+        ("000000010000000000000FFF.partial", "partial"),
+        ("0000000100000000000000FF.3FFFFFFF.backup", "backup"),  # 1 GB segments allow this offset
+        ("00000003.history", "history"),
+    ],
+)
+def test_classify_without_a_known_segment_size(name: str, kind: str) -> None:
+    # wal-fetch is asked for names of any cluster: valid for some size is enough, segno needs the size.
+    f = classify(name, None)
+    assert (f.kind, f.segno) == (kind, None) and is_wal_name(name, None)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "000000010000000000001000",  # beyond even 1 MB segments
+        "0000000100000000000000FF.40000000.backup",  # offset beyond even 1 GB segments
+        "000000000000000000000001",
+        "000000010000000000000001.zst",
+    ],
+)
+def test_classify_without_a_known_segment_size_rejects(name: str) -> None:
+    with pytest.raises(WalNameError):
+        classify(name, None)
+
+
+def test_segment_sort_key_orders_any_segment_size() -> None:
+    names = [
+        "000000020000000000000001",
+        "000000010000000100000000",
+        "000000010000000000000FFF",
+        "00000001000000000000003F",
+    ]
+    assert sorted(names, key=segment_sort_key) == [
+        "000000020000000000000001",
+        "00000001000000000000003F",
+        "000000010000000000000FFF",
+        "000000010000000100000000",
+    ]
 
 
 # -- timeline history ----------------------------------------------------------

@@ -13,21 +13,63 @@ PostgreSQL's contracts, followed exactly:
 
 Objects are ``wal/<timeline>/<name>.zst[.age]``. Standard library plus
 zstandard (and pyrage when encrypted) only: this module is on the fast path.
+
+**Segment size.** It is fixed at ``initdb`` (1 MB to 1 GB) and changes what
+a name means, so it is never assumed: a segment's long page header states it
+(``xlp_seg_size``), push and fetch check the name against that, and names
+from outside or from a listing are accepted when valid for *some* size.
+
+**Identical or different, without the private key.** With encryption on,
+the stored object cannot be read back without the age identity, which the
+recommended setup keeps off the database server. So that a re-push can
+still tell identical from different, every encrypted file gets a *digest
+record* beside it, ``wal/<timeline>/<name>.digest.json`` (SHA-256 and size
+of the raw file), and the record is written **before** the file, create-only,
+as a claim on the name:
+
+1. hash the local file;
+2. put the record create-only; if a record is there: the same digest means
+   our own earlier attempt died (or an identical push runs concurrently), so
+   go on; a different digest means other content has claimed the name:
+   conflict, nothing stored;
+3. put the file create-only: the commit point, exit 0 only after it.
+
+A crash after 2 leaves a record without a file: the retry has the same bytes,
+finds its own claim and completes, so archiving never wedges. Different
+content never gets past 2, so it can never pass as identical. Because 2
+comes before 3, every encrypted file stored this way has a record, and a
+re-push compares digests without any key. A file archived before records
+existed is compared by decoding when the identity is configured (and gets
+its record then); without it the push fails saying so.
+
+Unencrypted files need no record (decoding needs no key: they are compared
+by decoding, as always). ``.partial`` files are replaced by newer ones and
+never compared: no record either. Whoever deletes WAL (``expire``) deletes
+:func:`p88backup.catalog.layout.wal_file_keys`, the file before its record.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from p88backup.catalog.layout import WAL_PREFIX, WAL_SUFFIXES, wal_key, wal_name_of_key
+from p88backup.catalog.layout import WAL_PREFIX, WAL_SUFFIXES, wal_digest_key, wal_key, wal_name_of_key
 from p88backup.core.wal import names as walnames
-from p88backup.errors import ConflictError, ObjectExistsError, ObjectNotFoundError, StorageError, VerifyError
-from p88backup.storage.base import ObjectInfo, Storage
-from p88backup.stream import Codec, CountingReader, decode, encode, iter_chunks
+from p88backup.errors import (
+    ConflictError,
+    CryptoError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    StorageError,
+    VerifyError,
+)
+from p88backup.storage.base import ObjectInfo, Storage, read_full
+from p88backup.stream import Codec, CountingReader, decode, drain, encode, iter_chunks
 
 XLP_LONG_HEADER = 0x0002
 _LONG_HEADER = struct.Struct("<HHIQI4xQII")  # XLogLongPageHeaderData on little-endian hosts
@@ -64,7 +106,10 @@ def check_segment(name: str, head: bytes, size: int) -> SegmentHeader:
         raise VerifyError(f"{name}: {size} bytes, but its header says segments are {h.segment_size} bytes")
     if not walnames.MIN_SEGMENT_SIZE <= size <= walnames.MAX_SEGMENT_SIZE or size & (size - 1):
         raise VerifyError(f"{name}: {size} bytes is not a valid WAL segment size")
-    _, segno = walnames.parse_segment_name(name[:24], size)
+    try:
+        _, segno = walnames.parse_segment_name(name[:24], size)
+    except walnames.WalNameError as exc:  # e.g. ...0100 with 16 MB segments
+        raise VerifyError(f"{exc} (the size its header states)") from None
     if h.pageaddr != walnames.segment_start_lsn(segno, size):
         raise VerifyError(f"{name}: content belongs to another segment (page address {h.pageaddr:X})")
     return h
@@ -78,13 +123,42 @@ def check_history(name: str, data: bytes) -> None:
 
 
 def _sha256_file(path: Path) -> str:
-    import hashlib
+    with path.open("rb") as fh:
+        return _sha256_of(fh)
+
+
+def _sha256_of(fh: BinaryIO) -> str:
+    import hashlib  # not at module level: an unencrypted first push never hashes
 
     sha = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter_chunks(fh):
-            sha.update(chunk)
+    for chunk in iter_chunks(fh):
+        sha.update(chunk)
     return sha.hexdigest()
+
+
+@dataclass(frozen=True)
+class DigestRecord:
+    """What ``<name>.digest.json`` says about the raw bytes of an archived WAL file."""
+
+    name: str
+    sha256: str
+    size: int
+
+    def to_bytes(self) -> bytes:
+        return f'{{"name": "{self.name}", "sha256": "{self.sha256}", "size": {self.size}}}\n'.encode()
+
+    @classmethod
+    def parse(cls, key: str, data: bytes) -> DigestRecord:
+        import json
+
+        try:
+            raw = json.loads(data)
+            record = cls(str(raw["name"]), str(raw["sha256"]), int(raw["size"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise VerifyError(f"{key}: not a valid WAL digest record ({exc})") from None
+        if len(record.sha256) != 64 or record.size < 0:
+            raise VerifyError(f"{key}: not a valid WAL digest record")
+        return record
 
 
 @dataclass(frozen=True)
@@ -104,7 +178,7 @@ class WalArchive:
 
     def push(self, path: Path) -> PushResult:
         name = path.name
-        kind = walnames.classify(name).kind  # raises for anything that is not a WAL archive name
+        kind = walnames.classify(name, None).kind  # not WAL: raise. Any size: the header says which.
         try:
             fh = path.open("rb")
         except FileNotFoundError:
@@ -114,32 +188,108 @@ class WalArchive:
             if kind in ("segment", "partial"):
                 check_segment(name, fh.read(_LONG_HEADER.size), size)
                 fh.seek(0)
-            # A .partial is the growing tail of a segment (streaming, promotion):
-            # a newer one replaces the older. Everything else is create-only.
-            existing = None if kind == "partial" else self.find(name)
+            if kind == "partial":
+                # The growing tail of a segment (streaming, promotion): a newer one replaces the older.
+                key = wal_key(name, self.codec.suffix)
+                return self._store(key, fh, overwrite=True)
+            # Everything else is create-only.
+            local: str | None = None
+            existing = self.find(name)
             if existing is None:
                 key = wal_key(name, self.codec.suffix)
-                raw = CountingReader(fh)
-                stored = CountingReader(encode(raw, self.codec))
+                if self.codec.encrypted:
+                    local = _sha256_of(fh)
+                    fh.seek(0)
+                    self._claim(DigestRecord(name, local, size))
                 try:
-                    self.storage.put(key, stored, overwrite=kind == "partial")
-                    return PushResult(name, key, False, raw.size, stored.size)
+                    return self._store(key, fh, overwrite=False)
                 except ObjectExistsError:
                     existing = self.find(name)  # a concurrent push won the race
                     if existing is None:
                         raise
         # Already there: identical content is success, anything else is a conflict.
-        local = _sha256_file(path)
-        theirs = self._stored_sha256(existing)
+        durable = self._check_identical(name, path, size, existing, local)
+        # The push that stored it may have died before its fsyncs: PostgreSQL recycles
+        # the segment once we exit 0, so make sure the archived copy is durable.
+        for key in durable:
+            self.storage.sync(key)
+        return PushResult(name, existing.key, True, size, existing.size)
+
+    def _store(self, key: str, fh: BinaryIO, *, overwrite: bool) -> PushResult:
+        raw = CountingReader(fh)
+        stored = CountingReader(encode(raw, self.codec))
+        self.storage.put(key, stored, overwrite=overwrite)
+        return PushResult(wal_name_of_key(key) or key, key, False, raw.size, stored.size)
+
+    def _claim(self, record: DigestRecord) -> None:
+        """Step 2 of the module docstring: the digest record goes first, create-only."""
+        key = wal_digest_key(record.name)
+        try:
+            self.storage.put(key, io.BytesIO(record.to_bytes()), overwrite=False)
+            return
+        except ObjectExistsError:
+            pass
+        theirs = self.digest_record(record.name)
+        if theirs is None:  # deleted in between: let PostgreSQL retry
+            raise StorageError(f"{key} vanished while being compared; retry")
+        if theirs.sha256 != record.sha256:
+            raise ConflictError(
+                f"{record.name}: other content has claimed this name in the archive"
+                f" (digest record {key} differs, its file is not stored); not archiving",
+                hint="two clusters may be archiving into the same storage; if an interrupted push of other content"
+                f" left {key} and this file is the right one, delete {key}",
+            )
+
+    def _check_identical(self, name: str, path: Path, size: int, existing: ObjectInfo, local: str | None) -> list[str]:
+        """Raise ConflictError unless ``existing`` holds the bytes of ``path``; the keys to make durable."""
+        local = local or _sha256_file(path)
+        if not existing.key.endswith(".age"):
+            theirs = self._stored_sha256(existing)  # no key needed
+            keys = [existing.key]
+        else:
+            record = self.digest_record(name)
+            if record is not None:
+                theirs = record.sha256
+                keys = [existing.key, wal_digest_key(name)]
+            else:
+                # Archived before digest records existed: only the private key can tell.
+                try:
+                    theirs = self._stored_sha256(existing)
+                except CryptoError:
+                    raise CryptoError(
+                        f"{name} is already archived, encrypted and without a digest record; without the age"
+                        " identity p88backup cannot tell whether it is identical",
+                        hint="set age_identity_file where wal-push runs until this segment is archived (its"
+                        " digest record is written then), or compare and remove the stored copy by hand",
+                    ) from None
+                if theirs == local:
+                    self._add_record(DigestRecord(name, local, size))
+                keys = [existing.key, wal_digest_key(name)]
         if theirs != local:
             raise ConflictError(
                 f"{name} is already archived with different content ({existing.key}); not overwriting",
                 hint="two clusters may be archiving into the same storage, or a timeline was reused",
             )
-        # The push that stored it may have died before its fsyncs: PostgreSQL recycles
-        # the segment once we exit 0, so make sure the archived copy is durable.
-        self.storage.sync(existing.key)
-        return PushResult(name, existing.key, True, size, existing.size)
+        return keys
+
+    def _add_record(self, record: DigestRecord) -> None:
+        try:
+            self.storage.put(wal_digest_key(record.name), io.BytesIO(record.to_bytes()), overwrite=False)
+        except ObjectExistsError:  # a concurrent push added it: compared on its next use
+            pass
+
+    def digest_record(self, name: str) -> DigestRecord | None:
+        """The digest record of ``name``, or None if it has none."""
+        key = wal_digest_key(name)
+        try:
+            with self.storage.open(key) as fh:
+                data = read_full(fh, 4096)
+        except ObjectNotFoundError:
+            return None
+        record = DigestRecord.parse(key, data)
+        if record.name != name:
+            raise VerifyError(f"{key}: digest record of {record.name}, not of {name}")
+        return record
 
     def _stored_sha256(self, obj: ObjectInfo) -> str:
         import hashlib
@@ -154,7 +304,7 @@ class WalArchive:
 
     def find(self, name: str) -> ObjectInfo | None:
         """The stored object for ``name`` (either encoding), or None."""
-        walnames.classify(name)
+        walnames.classify(name, None)
         preferred = [self.codec.suffix] + [s for s in WAL_SUFFIXES if s != self.codec.suffix]
         for suffix in preferred:
             try:
@@ -173,7 +323,7 @@ class WalArchive:
             # "Not in the archive" ends recovery: make sure it is not the archive that is missing.
             self.storage.check()
             raise ObjectNotFoundError(f"{name} is not in the archive")
-        kind = walnames.classify(name).kind
+        kind = walnames.classify(name, None).kind
         tmp = dest.with_name(f".{dest.name}.p88tmp")
         try:
             try:
@@ -202,7 +352,7 @@ class WalArchive:
         """(WAL file name, stored object) for everything archived, sorted by key."""
         for obj in self.storage.list(WAL_PREFIX):
             name = wal_name_of_key(obj.key)
-            if name is not None and walnames.is_wal_name(name):
+            if name is not None and walnames.is_wal_name(name, None):
                 yield name, obj
 
     def histories(
@@ -219,3 +369,31 @@ class WalArchive:
                     text = b"".join(iter_chunks(decode(fh, self.codec, encrypted=obj.key.endswith(".age"))))
                 out[int(name[:8], 16)] = walnames.parse_history(text.decode())
         return out
+
+    def segment_size(self, objects: Iterable[tuple[str, ObjectInfo]] | None = None) -> int | None:
+        """The WAL segment size of the archived segments (from the newest), or None if there are none.
+
+        From its digest record when it has one, else from its header (decoded:
+        an encrypted file without a record needs the identity).
+        """
+        listing = self.objects() if objects is None else objects
+        segments = [(name, obj) for name, obj in listing if len(name) == 24]
+        if not segments:
+            return None
+        name, obj = max(segments, key=lambda item: walnames.segment_sort_key(item[0]))
+        encrypted = obj.key.endswith(".age")
+        record = self.digest_record(name) if encrypted else None
+        if record is not None:
+            size = record.size
+        else:
+            with self.storage.open(obj.key) as fh:
+                stream = decode(fh, self.codec, encrypted=encrypted)
+                head = read_full(stream, _LONG_HEADER.size)
+                if encrypted:
+                    drain(stream)  # let the decrypting thread finish
+            size = parse_segment_header(head).segment_size
+        try:
+            walnames.parse_segment_name(name, size)  # the name must fit the size it claims
+        except walnames.WalNameError as exc:
+            raise VerifyError(f"{obj.key}: {exc}") from None
+        return size

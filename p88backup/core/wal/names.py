@@ -208,7 +208,7 @@ def segment_range(first: str, last: str, segment_size: int = DEFAULT_SEGMENT_SIZ
     return (segment_name(first_tli, s, segment_size) for s in range(first_segno, last_segno + 1))
 
 
-def classify(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> WalFile:
+def classify(name: str, segment_size: int | None = DEFAULT_SEGMENT_SIZE) -> WalFile:
     """Say which kind of WAL archive file ``name`` is, or raise :class:`WalNameError`.
 
     Accepts exactly the names PostgreSQL hands to ``archive_command`` and asks
@@ -216,8 +216,14 @@ def classify(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> WalFile:
     and ``.backup`` files, upper-case hex only. Anything else (paths,
     compression suffixes, lower case, ``.history.partial``) is rejected, which
     makes this the check to run on names that arrive from outside.
+
+    ``segment_size=None`` means the size is not known (a name arriving at
+    ``wal-fetch``, an archive listing): the name must be valid for *some*
+    segment size, i.e. for the smallest (which allows the most segments per
+    4 GB), and ``segno`` is None because it depends on the size.
     """
-    _per_xlogid(segment_size)
+    size = MIN_SEGMENT_SIZE if segment_size is None else segment_size
+    _per_xlogid(size)
     m = _ARCHIVE_RE.fullmatch(name) if isinstance(name, str) else None
     if m is None:
         raise WalNameError(f"not a WAL archive file name: {_show(name)}")
@@ -226,25 +232,37 @@ def classify(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> WalFile:
         if timeline == 0:
             raise WalNameError(f"history file for timeline 0: {name}")
         return WalFile(name=name, kind="history", timeline=timeline, segno=None)
-    timeline, segno = parse_segment_name(m["seg"], segment_size)
+    timeline, segno = parse_segment_name(m["seg"], size)
     kind: WalKind = "segment"
     if m["partial"] is not None:
         kind = "partial"
     elif m["offset"] is not None:
         # The offset is where the backup started inside the named segment.
-        if int(m["offset"], 16) >= segment_size:
+        if int(m["offset"], 16) >= (MAX_SEGMENT_SIZE if segment_size is None else segment_size):
             raise WalNameError(f"backup history file offset beyond the segment: {name}")
         kind = "backup"
-    return WalFile(name=name, kind=kind, timeline=timeline, segno=segno)
+    return WalFile(name=name, kind=kind, timeline=timeline, segno=None if segment_size is None else segno)
 
 
-def is_wal_name(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> bool:
-    """True if :func:`classify` accepts ``name`` (any of the four kinds)."""
+def is_wal_name(name: str, segment_size: int | None = DEFAULT_SEGMENT_SIZE) -> bool:
+    """True if :func:`classify` accepts ``name`` (any of the four kinds); ``None``: for some size."""
     try:
         classify(name, segment_size)
     except WalNameError:
         return False
     return True
+
+
+def segment_sort_key(name: str) -> tuple[int, int, int]:
+    """Order segment names by position in WAL, whatever the segment size.
+
+    ``(log, seg, timeline)``: within one size, segment numbers grow with
+    ``(log, seg)`` (both halves of the name), so no size is needed to find the
+    newest segment of a listing.
+    """
+    if not isinstance(name, str) or _SEGMENT_RE.fullmatch(name[:24]) is None:
+        raise WalNameError(f"not a WAL segment name: {_show(name)}")
+    return int(name[8:16], 16), int(name[16:24], 16), int(name[:8], 16)
 
 
 def parse_history(text: str) -> list[HistoryEntry]:

@@ -3,6 +3,10 @@
 For each base backup, follow the timeline history from its start segment to
 the newest archived segment and report any missing range (a gap: recovery
 cannot pass it). Timeline branches (forks) are listed from the history files.
+
+Segment names only have a meaning for a given segment size, so each backup's
+chain is checked with the size recorded in its manifest, and an archive
+without base backups with the size its newest segment states.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from p88backup.catalog.backups import Catalog
 from p88backup.core.wal import names as walnames
 from p88backup.core.wal.archive import WalArchive
+from p88backup.errors import VerifyError
 
 
 @dataclass
@@ -35,6 +40,7 @@ class WalReport:
     timelines: list[dict[str, object]]
     chains: list[BackupChain]
     gaps: list[tuple[str, str]]
+    segment_size: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -46,6 +52,7 @@ class WalReport:
             "segments": self.segments,
             "newest_segment": self.newest_segment,
             "newest_timeline": self.newest_timeline,
+            "segment_size": self.segment_size,
             "timelines": self.timelines,
             "gaps": [{"from": a, "to": b} for a, b in self.gaps],
             "base_backups": [
@@ -84,18 +91,29 @@ def verify_wal(catalog: Catalog, archive: WalArchive) -> WalReport:
         chain = BackupChain(b.id, b.timeline, b.start_wal)
         try:
             chain.gaps = walnames.find_gaps(
-                segments, b.start_wal, None, {t: h for t, h in histories.items() if t <= tli} or None
+                segments,
+                b.start_wal,
+                None,
+                {t: h for t, h in histories.items() if t <= tli} or None,
+                b.wal_segment_size,
             )
         except walnames.WalNameError as exc:
             chain.error = str(exc)
         all_gaps.update(chain.gaps)
         chains.append(chain)
+    sizes = {b.wal_segment_size for b in backups}
+    size = sizes.pop() if len(sizes) == 1 else None
     if not backups and segments:
         # No base backup yet: still check the archive is continuous on each timeline.
+        size = archive.segment_size(listing)
         by_tli: dict[str, list[str]] = {}
         for s in segments:
             by_tli.setdefault(s[:8], []).append(s)
+        assert size is not None  # there are segments
         for segs in by_tli.values():
-            all_gaps.update(walnames.find_gaps(segs, segs[0], segs[-1]))
-    newest = max(segments, key=lambda s: (walnames.parse_segment_name(s)[1], s)) if segments else None
-    return WalReport(len(segments), newest, tli, timelines, chains, sorted(all_gaps))
+            try:
+                all_gaps.update(walnames.find_gaps(segs, segs[0], segs[-1], segment_size=size))
+            except walnames.WalNameError as exc:  # a name that does not fit the archive's segment size
+                raise VerifyError(f"the WAL archive is inconsistent: {exc}") from None
+    newest = max(segments, key=walnames.segment_sort_key) if segments else None
+    return WalReport(len(segments), newest, tli, timelines, chains, sorted(all_gaps), size)
