@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.harness.helpers import REPO, cli_env, init_storage, run_cli
-from tests.harness.postgres import PgCluster
+from tests.harness.postgres import PgCluster, program_runs
 from tests.harness.procs import chown_for_service, service_user
 
 P88 = str(Path(sys.executable).parent / "p88backup")
@@ -49,7 +49,14 @@ class Archived:
     streamer: subprocess.Popen[str] | None = None
 
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return run_cli(list(args), self.env, timeout=timeout)
+        """Run p88backup against this archive. ``restore --pitr`` skips pg_verifybackup where the
+        cluster's major has no working one (the wheel's 18 crashes): the restored cluster is still
+        compared with the source and checked page by page (pg_checksums)."""
+        argv = list(args)
+        if argv[:2] == ["restore", "--pitr"] and not program_runs(self.pg.bindir / "pg_verifybackup"):
+            print(f"harness: no working pg_verifybackup {self.pg.major}: restore --pitr --no-verify")
+            argv.append("--no-verify")
+        return run_cli(argv, self.env, timeout=timeout)
 
     def switch_and_wait(self) -> None:
         """Close the current WAL segment and wait until the archive has it."""

