@@ -2,6 +2,11 @@
 
 Kept free of heavy imports: the archive commands that PostgreSQL runs once
 per WAL file are dispatched to :mod:`p88backup.walcli` before Click loads.
+
+A command line the fast path cannot parse goes to Click. If it mentions
+``wal-fetch`` it is most likely a ``restore_command`` (``p88backup --bogus
+wal-fetch %f %p``), and Click's usage status 2 would read as "not in the
+archive" and end recovery early: any failure there exits 126 instead.
 """
 
 from __future__ import annotations
@@ -32,9 +37,33 @@ def main() -> NoReturn:
     split = split_argv(sys.argv[1:])
     if split is not None and split[1] in FAST_COMMANDS:
         leave(fast_main(sys.argv[1:]))
-    from p88backup.cli.main import run
+    if "wal-fetch" not in sys.argv[1:]:
+        from p88backup.cli.main import run
 
-    leave(run())
+        leave(run())
+    leave(run_for_restore_command())
+
+
+def run_for_restore_command() -> int:
+    """Click on a command line that names ``wal-fetch``: never a status from 1 to 125.
+
+    When Click does reach ``wal-fetch`` it exits through ``SystemExit`` with
+    the fast path's own status (1 only for "not in the archive"), which
+    passes through untouched.
+    """
+    try:
+        from p88backup.cli.main import run
+
+        code = run()
+    except SystemExit:
+        raise
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        return 126
+    # restore_command: any status below 126 reads as "not in the archive".
+    return code if code == 0 or code >= 126 else 126
 
 
 def leave(code: int) -> NoReturn:

@@ -1,9 +1,17 @@
 """``wal-push`` and ``wal-fetch``: the archive commands, without Click or pydantic.
 
 PostgreSQL starts these once per WAL file, so start-up time is archive
-throughput: this module reads its settings with :mod:`p88backup.rawconfig`,
+throughput: this module reads its settings with :mod:`p88backup.rawconfig`
+(the same contract and checks as every other command, without pydantic),
 parses its few arguments by hand, and imports a storage backend only when it
-is used (boto3 only for ``s3://``).
+is used (boto3 only for ``s3://``). ``tests/unit/test_wal_commands.py``
+checks that a push never imports click, pydantic, boto3 or psycopg.
+
+Exit statuses (:class:`p88backup.errors.ExitCode`): ``wal-push`` exits with
+the failure's own code (3 for a bad config, 2 for a bad command line, never
+0 or 1 for either); ``wal-fetch`` exits 1 only for "not in the archive" and
+126 for everything else, bad command lines and bad configs included, since
+PostgreSQL reads any status below 126 as "not found" and ends recovery.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ FAST_COMMANDS = ("wal-push", "wal-fetch")
 
 
 _VALUE_OPTIONS = {"--config": "config", "--log-format": "log_format"}
+LOG_FORMATS = ("json", "console")
 
 
 def _take_option(argv: list[str], i: int, opts: dict[str, str | int | None]) -> int | None:
@@ -84,7 +93,6 @@ def main(argv: list[str]) -> int:
     assert split is not None and split[1] in FAST_COMMANDS
     opts, command, rest = split
     fetch = command == "wal-fetch"
-    failed = 126 if fetch else 1
     usage = FETCH_HELP if fetch else PUSH_HELP
     # Global options are accepted after the command too (`wal-fetch --config F NAME DEST`).
     args: list[str] = []
@@ -100,20 +108,25 @@ def main(argv: list[str]) -> int:
         args.append(rest[i])
         i += 1
     want = 2 if fetch else 1
+    problem = None
     if len(args) != want or any(a.startswith("-") for a in args):
-        sys.stderr.write(usage.split("\n\n")[0] + f"\n\nError: {command} takes {want} argument(s)\n")
-        return failed if fetch else 2
+        problem = f"{command} takes {want} argument(s)"
+    elif opts["log_format"] is not None and opts["log_format"] not in LOG_FORMATS:
+        problem = f"--log-format must be one of {', '.join(LOG_FORMATS)}"
+    if problem:
+        sys.stderr.write(usage.split("\n\n")[0] + f"\n\nError: {problem}\n")
+        return _status(fetch, "USAGE")
 
     try:
         import logging
 
         from p88backup import log
-        from p88backup.errors import P88Error, restore_command_status
+        from p88backup.errors import ExitCode, P88Error, restore_command_status
 
         log.configure(opts["log_format"] if isinstance(opts["log_format"], str) else None, int(opts["verbose"] or 0))
     except Exception as exc:  # a broken install must not look like "not in the archive"
         sys.stderr.write(f"p88backup {command}: cannot start: {exc!r}\n")
-        return failed
+        return 126 if fetch else 1  # the exit-code table may be what failed to import
     wal_log = logging.getLogger("p88backup.wal")
     config = opts["config"] or os.environ.get("P88_CONFIG")
     try:
@@ -136,7 +149,14 @@ def main(argv: list[str]) -> int:
         return restore_command_status(exc) if fetch else int(exc.exit_code)
     except Exception as exc:  # unexpected: never let it look like "not found"
         wal_log.exception("unexpected failure in %s: %s", command, exc)
-        return failed
+        return int(ExitCode.RESTORE_COMMAND_FAILED if fetch else ExitCode.ERROR)
+
+
+def _status(fetch: bool, name: str) -> int:
+    """The exit status for failure ``name`` (an ExitCode member): wal-fetch's is always 126."""
+    from p88backup.errors import ExitCode
+
+    return int(ExitCode.RESTORE_COMMAND_FAILED if fetch else ExitCode[name])
 
 
 def _open_archive(config_file: Path | None):  # type: ignore[no-untyped-def]

@@ -84,3 +84,88 @@ def test_wal_fetch_accepts_options_after_the_command_and_never_exits_2(tmp_path:
     assert run_cli(["wal-fetch", "--bogus", NAME, str(tmp_path / "x")], env).returncode == 126
     # wal-push keeps click's usage status
     assert run_cli(["wal-push"], env).returncode == 2
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        ["--bogus"],  # an option Click does not know, before the command
+        ["--config"],  # a value missing: the command name is taken as the file
+        ["-x", "--log-format", "json"],
+        ["--log-format", "xml"],
+    ],
+)
+def test_a_command_line_nobody_can_parse_never_reads_as_not_archived(tmp_path: Path, before: list[str]) -> None:
+    env = cli_env(tmp_path, P88_STORAGE_URL=f"file://{tmp_path}/store")
+    r = run_cli([*before, "wal-fetch", NAME, str(tmp_path / "x")], env)
+    assert r.returncode == 126, (r.returncode, r.stderr)
+
+
+def test_a_bad_log_format_after_the_command(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, P88_STORAGE_URL=f"file://{tmp_path}/store")
+    r = run_cli(["wal-fetch", "--log-format=xml", NAME, str(tmp_path / "x")], env)
+    assert r.returncode == 126 and "--log-format must be one of json, console" in r.stderr
+    r = run_cli(["wal-push", "--log-format=xml", str(tmp_path / NAME)], env)
+    assert r.returncode == 2
+
+
+NOT_ON_THE_ARCHIVE_PATH = ("click", "pydantic", "pydantic_core", "pydantic_settings", "boto3", "botocore", "psycopg")
+
+
+def test_wal_push_imports_none_of_the_heavy_libraries(tmp_path: Path) -> None:
+    """The start-up budget of DESIGN §6: archive_command runs once per WAL segment."""
+    import subprocess
+    import sys
+
+    from tests.harness.helpers import REPO
+
+    cfg = tmp_path / "p88.toml"  # with a config file: the whole file is checked on this path too
+    cfg.write_text(f'storage_url = "file://{tmp_path}/store"\ncompression_level = 3\n[retention]\nkeep_daily = 7\n')
+    env = cli_env(tmp_path, P88_CONFIG=str(cfg))
+    init_storage(env)
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "p88backup", "--log-format", "json", "wal-push"]
+        + [str(segment(tmp_path / NAME))],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    imported = {
+        line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:") and "|" in line
+    }
+    assert "p88backup.core.wal.archive" in imported and "tomllib" in imported  # it did measure the push
+    heavy = sorted(m for m in imported if m.split(".")[0] in NOT_ON_THE_ARCHIVE_PATH)
+    assert heavy == [], f"wal-push imported {heavy}"
+
+
+def test_encrypted_archive_repush_with_the_private_key_off_the_server(tmp_path: Path) -> None:
+    import pyrage
+
+    key = pyrage.x25519.Identity.generate()
+    env = cli_env(tmp_path, P88_STORAGE_URL=f"file://{tmp_path}/store", P88_AGE_RECIPIENTS=str(key.to_public()))
+    init_storage(env)
+    seg = segment(tmp_path / NAME)
+    assert run_cli(["wal-push", str(seg)], env).returncode == 0
+    r = run_cli(["wal-push", str(seg)], env)  # PostgreSQL retrying: identical, and no key to decrypt
+    assert r.returncode == 0 and "already archived (identical)" in r.stderr, r.stderr
+    seg.write_bytes(seg.read_bytes()[:-1] + b"\1")
+    r = run_cli(["wal-push", str(seg)], env)
+    assert r.returncode == 10 and "different content" in r.stderr, r.stderr
+
+
+def test_1mb_segments_push_and_fetch(tmp_path: Path) -> None:
+    mb = 1024 * 1024
+    name = "000000010000000000000100"  # segment 256: a name only small segments have
+    env = cli_env(tmp_path, P88_STORAGE_URL=f"file://{tmp_path}/store")
+    init_storage(env)
+    seg = tmp_path / name
+    seg.write_bytes(header(0x100, size=mb) + b"\0" * (mb - len(header(0x100, size=mb))))
+    r = run_cli(["wal-push", str(seg)], env)
+    assert r.returncode == 0, r.stderr
+    assert run_cli(["wal-fetch", name, str(tmp_path / "back")], env).returncode == 0
+    assert (tmp_path / "back").read_bytes() == seg.read_bytes()
+    r = run_cli(["wal-fetch", "000000010000000000000101", str(tmp_path / "x")], env)
+    assert r.returncode == 1, r.stderr  # simply not archived yet
