@@ -18,7 +18,7 @@ import pytest
 
 from p88backup.errors import ExitCode
 from tests.harness.archiving import P88
-from tests.harness.helpers import cli_env, json_out, log_lines, run_cli
+from tests.harness.helpers import cli_env, init_storage, json_out, log_lines, run_cli
 from tests.harness.postgres import PgCluster
 from tests.harness.procs import free_port
 
@@ -52,6 +52,7 @@ def test_failing_archive_command_stops_the_backup_after_its_data_is_sent(
 ) -> None:
     pg = _source(pg_factory, _unrunnable_archive_command(tmp_path))
     env = cli_env(tmp_path, P88_DATABASE_URL=pg.url(), P88_STORAGE_URL=f"file://{tmp_path}/store")
+    init_storage(env)
     t0 = time.monotonic()
     r = run_cli(["basebackup", "--no-archive-check", "--wal-timeout", "15"], env, timeout=120)
     took = time.monotonic() - t0
@@ -73,6 +74,7 @@ def test_archive_check_refuses_to_start_a_backup_when_wal_is_not_archived(
 ) -> None:
     pg = _source(pg_factory, _unrunnable_archive_command(tmp_path))
     env = cli_env(tmp_path, P88_DATABASE_URL=pg.url(), P88_STORAGE_URL=f"file://{tmp_path}/store")
+    init_storage(env)
     t0 = time.monotonic()
     r = run_cli(["basebackup", "--wal-timeout", "8"], env, timeout=120)
     assert r.returncode == ExitCode.ARCHIVING, r.stderr
@@ -95,6 +97,7 @@ def test_storage_down_for_archive_command_stops_the_backup(
         monkeypatch.setenv(key, value)
     pg = _source(pg_factory, f"{P88} --config {config} wal-push")
     env = cli_env(tmp_path, P88_DATABASE_URL=pg.url(), P88_STORAGE_URL=f"file://{tmp_path}/store")
+    init_storage(env)
     r = run_cli(["basebackup", "--no-archive-check", "--wal-timeout", "10", "--json"], env, timeout=120)
     assert r.returncode == ExitCode.ARCHIVING, r.stderr
     assert "archive_command failed" in r.stderr

@@ -17,7 +17,7 @@ import pytest
 
 from p88backup.errors import ExitCode
 from p88backup.locks import job_lock
-from tests.harness.helpers import REPO, cli_env, json_out, ok, run_cli
+from tests.harness.helpers import REPO, cli_env, init_storage, initialised, json_out, ok, run_cli
 from tests.harness.postgres import PgCluster, contrib_major
 from tests.harness.s3 import S3Server, start_minio
 
@@ -90,10 +90,12 @@ def wait_for_bytes(path: Path, at_least: int, timeout: float = 60) -> None:
 
 
 def keys(store: Path) -> set[str]:
-    return {str(p.relative_to(store)) for p in store.rglob("*") if p.is_file() and ".p88tmp" not in p.parts}
+    skip = {".p88tmp", "p88backup.json"}  # temp files, the storage marker
+    return {str(p.relative_to(store)) for p in store.rglob("*") if p.is_file() and not skip & set(p.parts)}
 
 
 def first_backup(env: dict[str, str], store: Path) -> tuple[str, set[str]]:
+    init_storage(env)
     bid = json_out(run_cli(["dump", "--json"], env))["id"]
     return bid, keys(store)
 
@@ -165,6 +167,7 @@ def test_s3_server_stopped_mid_upload(bigdb: PgCluster, tmp_path: Path) -> None:
             P88_RETRY_DEADLINE_SECONDS="4",
             **server.env(),
         )
+        init_storage(env)
         bid = json_out(run_cli(["dump", "--json"], env))["id"]
         before = {o["Key"] for o in server.client().list_objects_v2(Bucket=bucket).get("Contents", [])}
 
@@ -211,6 +214,7 @@ def test_zero_byte_dump_is_a_failure(bigdb: PgCluster, tmp_path: Path) -> None:
         P88_STORAGE_URL=f"file://{store}",
         P88_PG_BIN_DIR=str(fake_bin(tmp_path, bigdb, "exit 0")),
     )
+    init_storage(env)
     r = run_cli(["dump"], env)
     assert r.returncode == ExitCode.PG_TOOL
     assert "pg_dump produced no output" in r.stderr
@@ -227,6 +231,7 @@ def test_pg_dump_error_exit_is_a_failure(bigdb: PgCluster, tmp_path: Path) -> No
         P88_STORAGE_URL=f"file://{store}",
         P88_PG_BIN_DIR=str(fake_bin(tmp_path, bigdb, body)),
     )
+    init_storage(env)
     r = run_cli(["dump"], env)
     assert r.returncode == ExitCode.PG_TOOL
     assert "pg_dump exited with status 1: pg_dump: error: simulated" in r.stderr
@@ -239,6 +244,7 @@ def test_pg_dump_too_old_for_the_server(bigdb: PgCluster, tmp_path: Path) -> Non
     env = cli_env(
         tmp_path, P88_DATABASE_URL=bigdb.url("app"), P88_STORAGE_URL=f"file://{tmp_path}/s", P88_PG_BIN_DIR=str(bin_dir)
     )
+    init_storage(env)
     r = run_cli(["dump"], env)
     major = bigdb.version_num() // 10000
     assert r.returncode == ExitCode.PG_TOOL
@@ -250,6 +256,7 @@ def test_pg_dump_too_old_for_the_server(bigdb: PgCluster, tmp_path: Path) -> Non
 def test_verify_and_restore_reject_damaged_objects(bigdb: PgCluster, tmp_path: Path, damage: str) -> None:
     store = tmp_path / "store"
     env = cli_env(tmp_path, P88_DATABASE_URL=bigdb.url("app"), P88_STORAGE_URL=f"file://{store}")
+    init_storage(env)
     bid = json_out(run_cli(["dump", "--json"], env))["id"]
     ok(run_cli(["verify", bid], env))
     target = next((store / "dumps" / bid).glob("app.pgdump.zst"))
@@ -283,6 +290,7 @@ def test_truncated_archive_with_exit_zero_is_caught_by_verify(bigdb: PgCluster, 
         P88_STORAGE_URL=f"file://{store}",
         P88_PG_BIN_DIR=str(fake_bin(tmp_path, bigdb, body)),
     )
+    init_storage(env)
     bid = json_out(run_cli(["dump", "--json", "--no-globals"], env))["id"]
     r = run_cli(["verify", bid], env)
     assert r.returncode == ExitCode.VERIFY_FAILED, r.stderr
@@ -291,6 +299,7 @@ def test_truncated_archive_with_exit_zero_is_caught_by_verify(bigdb: PgCluster, 
 
 def test_second_dump_is_locked_out(bigdb: PgCluster, tmp_path: Path) -> None:
     env = cli_env(tmp_path, P88_DATABASE_URL=bigdb.url("app"), P88_STORAGE_URL=f"file://{tmp_path}/s")
+    init_storage(env)
     with job_lock(Path(env["P88_LOCK_DIR"]), "dump"):
         t0 = time.monotonic()
         r = run_cli(["dump", "--wait", "1"], env)
@@ -319,7 +328,7 @@ def test_manifest_write_that_lands_then_fails_leaves_no_listed_backup(pg: PgClus
             return info
 
     store = tmp_path / "store"
-    storage = ManifestAnswerLost(store)
+    storage = initialised(ManifestAnswerLost(store))
     options = DumpOptions(databases=["postgres"], work_dir=tmp_path / "work")
     with pytest.raises(StorageError, match="connection reset"):
         Dumper(ConnInfo.from_url(pg.url()), storage, make_codec(), options).run()

@@ -18,6 +18,7 @@ from tests.harness.helpers import (
     cli_env,
     create_roles,
     globals_dump,
+    init_storage,
     json_out,
     load_rich,
     log_lines,
@@ -86,6 +87,7 @@ def test_dump_restore_is_identical(
         public, key = age_key(tmp_path)
         extra.update(P88_AGE_RECIPIENTS=public, P88_AGE_IDENTITY_FILE=str(key))
     env = cli_env(tmp_path, **extra)
+    init_storage(env)
 
     summary = json_out(run_cli(["dump", "--json", *dump_args], env))
     assert summary["databases"] == [SOURCE_DB] and summary["encrypted"] == bool(opts.get("age"))
@@ -116,6 +118,7 @@ def test_roles_and_data_into_a_fresh_cluster(
 ) -> None:  # type: ignore[no-untyped-def]
     store = f"file://{tmp_path}/store"
     env = cli_env(tmp_path, P88_DATABASE_URL=source.url(SOURCE_DB), P88_STORAGE_URL=store)
+    init_storage(env)
     ok(run_cli(["dump"], env))
 
     fresh = pg_factory("fresh")
@@ -134,6 +137,7 @@ def test_restore_refuses_existing_database_unless_clean(
     source: PgCluster, expected: dict[str, object], tmp_path: Path
 ) -> None:
     env = cli_env(tmp_path, P88_DATABASE_URL=source.url(SOURCE_DB), P88_STORAGE_URL=f"file://{tmp_path}/store")
+    init_storage(env)
     ok(run_cli(["dump", "--no-globals"], env))
     source.sql('CREATE DATABASE "occupied"')
     source.sql("CREATE TABLE keep_me (x int)", "occupied")
@@ -155,6 +159,7 @@ def test_restore_without_p88backup(source: PgCluster, expected: dict[str, object
     env = cli_env(
         tmp_path, P88_DATABASE_URL=source.url(SOURCE_DB), P88_STORAGE_URL=f"file://{store}", P88_AGE_RECIPIENTS=public
     )
+    init_storage(env)
     bid = json_out(run_cli(["dump", "--json"], env))["id"]
     dump_files = list((store / "dumps" / bid).glob("*.pgdump.zst.age"))
     globals_file = store / "dumps" / bid / "globals.sql.zst.age"
@@ -177,6 +182,7 @@ def test_restore_without_p88backup(source: PgCluster, expected: dict[str, object
 
 def test_dump_logs_are_json_lines_with_a_summary(source: PgCluster, tmp_path: Path) -> None:
     env = cli_env(tmp_path, P88_DATABASE_URL=source.url(SOURCE_DB), P88_STORAGE_URL=f"file://{tmp_path}/s")
+    init_storage(env)
     r = ok(run_cli(["dump"], env))
     lines = log_lines(r.stderr)
     finished = [ln for ln in lines if ln["msg"] == "dump finished"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from p88backup.errors import ExitCode
-from tests.harness.helpers import cli_env, ok, run_cli
+from tests.harness.helpers import cli_env, init_storage, ok, run_cli
 from tests.harness.postgres import PgCluster
 
 PASSWORD = "Tr0ub4dor&3-very-secret"
@@ -39,6 +39,7 @@ def test_password_stays_out_of_argv_logs_and_storage(pg: PgCluster, tmp_path: Pa
         P88_STORAGE_URL=f"file://{store}",
         P88_PG_BIN_DIR=str(spy_bin(tmp_path, pg, argv_log)),
     )
+    init_storage(env)
 
     outputs = []
     for args in (

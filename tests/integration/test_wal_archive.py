@@ -9,12 +9,13 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from p88backup.errors import ExitCode
 from tests.harness.archiving import Archived, make_archived
-from tests.harness.helpers import cli_env, json_out, ok, run_cli
+from tests.harness.helpers import cli_env, init_storage, json_out, ok, run_cli
 from tests.harness.postgres import PgCluster
 from tests.harness.s3 import start_minio
 
@@ -105,6 +106,7 @@ def test_fetch_with_s3_down_exits_126(tmp_path: Path) -> None:
     server = start_minio(tmp_path / "minio")
     bucket = server.create_bucket("walfetch")
     env = cli_env(tmp_path, P88_STORAGE_URL=f"s3://{bucket}/p88", P88_RETRY_DEADLINE_SECONDS="2", **server.env())
+    init_storage(env)
     assert run_cli(["wal-fetch", "000000010000000000000001", str(tmp_path / "x")], env).returncode == 1
     server.stop()
     t0 = time.monotonic()
@@ -175,3 +177,63 @@ def test_wal_verify_reports_a_deleted_segment_as_a_gap(archived: Archived, tmp_p
     assert middle in r.stderr
     r = archived.cli("restore", "--pitr", "latest", "--target-dir", str(tmp_path / "r-gap"))
     assert r.returncode == ExitCode.PITR_TARGET and f"WAL is missing from the archive: {middle}" in r.stderr
+
+
+def test_small_segments_past_the_names_16mb_segments_have(pg_factory: Callable[..., PgCluster], tmp_path: Path) -> None:
+    """initdb --wal-segsize=1 (issue 10 item 8): ...00FF is followed by ...0100, a name that does
+    not exist with 16 MB segments. Archiving must not stall there, and the archive must read right."""
+
+    def past_ff(name: str, **kw: Any) -> PgCluster:
+        cluster = pg_factory(name, initdb_args=("--data-checksums", "--wal-segsize=1"), **kw)
+        # Start writing WAL just before the interesting names instead of writing 254 MB to get there.
+        cluster._run_as_service(
+            [str(cluster.bindir / "pg_resetwal"), "-l", "0000000100000000000000FE", "-D", str(cluster.datadir)]
+        )
+        return cluster
+
+    arch = make_archived(past_ff, tmp_path, f"file://{tmp_path}/store", "push")
+    names = segments_archived(arch, 4)
+    assert "000000010000000000000100" in names and names[-1] > "000000010000000000000100", names
+    assert arch.pg.scalar("SELECT failed_count FROM pg_stat_archiver") == 0
+    report = json_out(arch.cli("wal-verify", "--json"))
+    assert report["ok"] and report["segment_size"] == 1024 * 1024 and report["newest_segment"] == names[-1], report
+
+    back = tmp_path / "back"
+    ok(run_cli(["wal-fetch", "000000010000000000000100", str(back)], arch.env))
+    assert back.stat().st_size == 1024 * 1024
+    after = f"00000001000000000000{int(names[-1][16:], 16) + 5:04X}"
+    r = run_cli(["wal-fetch", after, str(tmp_path / "x")], arch.env)
+    assert r.returncode == 1, r.stderr  # not archived (yet): "not found", never 126
+
+
+def test_encrypted_archive_with_the_key_off_the_server(pg_factory: Callable[..., PgCluster], tmp_path: Path) -> None:
+    """Issue 10 item 6: the recommended setup keeps the age identity off the database server; a
+    re-push of an identical segment (a retry after a crash) must still succeed there."""
+    import pyrage
+
+    key = pyrage.x25519.Identity.generate()
+    identity = tmp_path / "backup.key"
+    identity.write_text(str(key) + "\n")
+    arch = make_archived(pg_factory, tmp_path, f"file://{tmp_path}/store", "push")
+    # What archive_command reads from now on: encrypt, no identity.
+    arch.config.write_text(arch.config.read_text() + f'age_recipients = ["{key.to_public()}"]\n')
+    arch.pg.sql("CREATE TABLE t AS SELECT generate_series(1, 10000) x")
+    arch.switch_and_wait()
+    stored = sorted((tmp_path / "store" / "wal" / "00000001").glob("*.zst.age"))
+    assert stored, "nothing was archived encrypted"
+    name = stored[-1].name.removesuffix(".zst.age")
+    assert (stored[-1].parent / f"{name}.digest.json").exists()
+    assert arch.pg.scalar("SELECT failed_count FROM pg_stat_archiver") == 0
+
+    local = tmp_path / "copy" / name
+    local.parent.mkdir()
+    ok(run_cli(["wal-fetch", name, str(local)], arch.env | {"P88_AGE_IDENTITY_FILE": str(identity)}))
+    before = sha(stored[-1])
+    r = run_cli(["--config", str(arch.config), "wal-push", str(local)], arch.env)  # as archive_command runs it
+    assert r.returncode == 0 and "already archived (identical)" in r.stderr, r.stderr
+    data = bytearray(local.read_bytes())
+    data[4 * 1024 * 1024] ^= 0xFF
+    local.write_bytes(bytes(data))
+    r = run_cli(["--config", str(arch.config), "wal-push", str(local)], arch.env)
+    assert r.returncode == ExitCode.CONFLICT and "different content" in r.stderr, r.stderr
+    assert sha(stored[-1]) == before
