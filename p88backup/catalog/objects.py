@@ -4,20 +4,61 @@ one back checked against that record."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import BinaryIO
 
 from p88backup.catalog.models import StoredObject
-from p88backup.errors import VerifyError
+from p88backup.errors import ObjectExistsError, VerifyError
 from p88backup.storage import Readable, Storage
-from p88backup.stream import Codec, CountingReader, HashingReader, decode, encode
+from p88backup.stream import Codec, CountingReader, HashingReader, decode, encode, iter_chunks
+
+log = logging.getLogger(__name__)
+
+
+class _SentReader(HashingReader):
+    """What the put read: size and SHA-256, and whether it read to the end."""
+
+    ended = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = super().read(size)
+        if not data and size != 0:
+            self.ended = True
+        return data
 
 
 def store(storage: Storage, key: str, src: Readable, codec: Codec) -> StoredObject:
-    """Encode ``src`` into ``key`` (create-only); return what the manifest records about it."""
+    """Encode ``src`` into ``key`` (create-only); return what the manifest records about it.
+
+    A create-only put whose answer was lost is retried and then finds the key
+    taken, by itself. The stored object is accepted as this put's when it is
+    provably so: this put sent the whole stream, and the stored bytes have its
+    size and SHA-256 (age encryption makes every run's bytes unique). Anything
+    else stays ``ObjectExistsError``: the object belongs to someone else.
+    """
     raw = CountingReader(src)
-    stored = HashingReader(encode(raw, codec))
-    storage.put(key, stored, overwrite=False)
+    stored = _SentReader(encode(raw, codec))
+    try:
+        storage.put(key, stored, overwrite=False)
+    except ObjectExistsError:
+        if not (stored.ended and _holds(storage, key, stored.size, stored.hexdigest())):
+            raise
+        log.info(
+            "object already stored by an earlier attempt of this put (same size and SHA-256)",
+            extra={"p88": {"key": key, "bytes": stored.size}},
+        )
     return StoredObject(key=key, size=stored.size, sha256=stored.hexdigest(), raw_size=raw.size)
+
+
+def _holds(storage: Storage, key: str, size: int, sha256: str) -> bool:
+    """Whether ``key`` holds exactly ``size`` bytes with this SHA-256 (read back in full)."""
+    if storage.stat(key).size != size:
+        return False
+    sha = hashlib.sha256()
+    with storage.open(key) as fh:
+        for chunk in iter_chunks(fh):
+            sha.update(chunk)
+    return sha.hexdigest() == sha256
 
 
 class VerifyingReader:

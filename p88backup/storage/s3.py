@@ -137,7 +137,8 @@ class S3Storage:
         self._client = client or boto3.session.Session().client(
             "s3",
             config=Config(
-                retries={"max_attempts": 1, "mode": "standard"},
+                # total_max_attempts counts the first try (max_attempts counts retries: 1 would be one more).
+                retries={"total_max_attempts": 1, "mode": "standard"},
                 connect_timeout=5,
                 read_timeout=60,
                 tcp_keepalive=True,
