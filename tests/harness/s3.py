@@ -21,6 +21,8 @@ MINIO_MODULE = "github.com/minio/minio"
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
 ACCESS_KEY = "p88test"
 SECRET_KEY = "p88test-secret-key"
+# What a prefix-scoped policy grants on prefix/* (with s3:ListBucket on the prefix): the object actions.
+PREFIX_ACTIONS = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject")
 
 
 @dataclass
@@ -54,6 +56,49 @@ class S3Server:
             region_name="us-east-1",
             config=Config(retries={"max_attempts": 2}),
         )
+
+    def scoped_env(self, bucket: str, prefix: str, actions: tuple[str, ...] = PREFIX_ACTIONS) -> dict[str, str]:
+        """AWS_* for credentials that may touch only ``bucket/prefix/``: s3:ListBucket with an
+        ``s3:prefix`` condition, and ``actions`` on ``prefix/*`` (MinIO).
+
+        Temporary credentials from STS AssumeRole with a session policy: the root user's rights
+        cut down to the policy, as a prefix-scoped IAM user would have (no admin API, no mc).
+        """
+        import json
+
+        import boto3
+
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:ListBucket"],
+                    "Resource": [f"arn:aws:s3:::{bucket}"],
+                    "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}},
+                },
+                {"Effect": "Allow", "Action": list(actions), "Resource": [f"arn:aws:s3:::{bucket}/{prefix}/*"]},
+            ],
+        }
+        sts = boto3.client(
+            "sts",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        )
+        creds = sts.assume_role(
+            RoleArn="arn:minio:iam:::role/p88-scoped",  # MinIO ignores the role for its own users
+            RoleSessionName="p88-scoped",
+            Policy=json.dumps(policy),
+            DurationSeconds=3600,
+        )["Credentials"]
+        return {
+            **self.env(),
+            "AWS_ACCESS_KEY_ID": creds["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": creds["SessionToken"],
+        }
 
     def create_bucket(self, name: str) -> str:
         c = self.client()
