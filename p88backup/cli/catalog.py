@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
@@ -80,9 +81,35 @@ def list_cmd(app: App, kind: str, as_json: bool) -> None:
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (stable interface).")
+@click.option(
+    "--component",
+    type=click.Choice(["wal-stream"]),
+    help="Judge one running component instead (for a container healthcheck): exit 0 if healthy, "
+    "17 with one line saying why if not.",
+)
+@click.option(
+    "--spool",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="(--component wal-stream) the streamer's spool (default: work_dir/wal-spool).",
+)
+@click.option(
+    "--max-age",
+    type=click.FloatRange(1),
+    default=None,
+    help="(--component wal-stream) seconds without progress (archive caught up with the server) "
+    "that count as unhealthy [default: 120].",
+)
 @pass_app
-def status_cmd(app: App, as_json: bool) -> None:
-    """How recoverable are we right now: newest backup of each kind and its age."""
+def status_cmd(app: App, as_json: bool, component: str | None, spool: Path | None, max_age: float | None) -> None:
+    """How recoverable are we right now: newest backup of each kind and its age.
+
+    With --component wal-stream: is the WAL streamer archiving? Healthy means
+    running, connected to PostgreSQL and, within --max-age, caught up with
+    the server's WAL position; a streamer that is alive but failing is not.
+    """
+    if component is not None:
+        _component_status(app, spool, max_age, as_json)
+        return
     from p88backup.catalog.backups import Catalog
     from p88backup.catalog.layout import Kind
 
@@ -113,3 +140,29 @@ def status_cmd(app: App, as_json: bool) -> None:
             )
         else:
             click.echo(f"{section}: none")
+
+
+def _component_status(app: App, spool: Path | None, max_age: float | None, as_json: bool) -> None:
+    """``status --component wal-stream``: read the streamer's status file, judge it, exit 17 if unhealthy."""
+    import time
+
+    from p88backup.core.wal.streamhealth import DEFAULT_MAX_AGE, default_spool, judge, read_status
+    from p88backup.errors import ArchivingError
+
+    where = spool or default_spool(app.settings.work_dir)
+    doc = read_status(where)
+    verdict = judge(doc, now=time.time(), max_age=DEFAULT_MAX_AGE if max_age is None else max_age)
+    if as_json:
+        render.emit_json(
+            {
+                "component": "wal-stream",
+                "spool": str(where),
+                "healthy": verdict.healthy,
+                "reason": verdict.reason,
+                "status": doc,
+            }
+        )
+    else:
+        click.echo(f"wal-stream: {'healthy' if verdict.healthy else 'UNHEALTHY'}: {verdict.reason}")
+    if not verdict.healthy:
+        raise ArchivingError(f"wal-stream is unhealthy: {verdict.reason}")
