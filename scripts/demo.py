@@ -1,6 +1,6 @@
 """The main job on embedded defaults: a throwaway PostgreSQL with sample data,
-``file://`` storage, then ``dump``, ``list``, ``verify`` and ``restore --dump latest``,
-and a check that the restored copy matches row for row.
+``file://`` storage set up with ``init``, then ``dump``, ``list``, ``verify`` and
+``restore --dump latest``, and a check that the restored copy matches row for row.
 
 Run through ``scripts/demo`` (which sets things up first). ``--keep`` leaves the
 cluster and the backups in place and prints how to reach them.
@@ -57,8 +57,10 @@ def main() -> None:
             "P88_STORAGE_URL": f"file://{work}/backups",
             "P88_LOCK_DIR": str(work / "locks"),
             "P88_WORK_DIR": str(work / "tmp"),
+            "P88_PG_BIN_DIR": str(cluster.bindir),  # the client tools of the server the demo started
         }
         print(f"throwaway PostgreSQL at {cluster.url('shop')}; backups in {work}/backups", flush=True)
+        run(["--log-format", "console", "init"], env)  # once per storage, as an operator sets it up
         run(["--log-format", "console", "dump"], env)
         run(["list"], env)
         run(["--log-format", "console", "verify", "latest"], env)
