@@ -53,7 +53,7 @@ from __future__ import annotations
 import io
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -68,7 +68,7 @@ from p88backup.errors import (
     StorageError,
     VerifyError,
 )
-from p88backup.storage.base import ObjectInfo, Storage, read_full
+from p88backup.storage.base import ObjectInfo, Readable, Storage, read_full
 from p88backup.stream import Codec, CountingReader, decode, drain, encode, iter_chunks
 
 XLP_LONG_HEADER = 0x0002
@@ -161,6 +161,50 @@ class DigestRecord:
         return record
 
 
+class _Background:
+    """``work()`` in a thread; :meth:`wait` returns its result or raises its exception."""
+
+    def __init__(self, work: Callable[[], str]) -> None:
+        import threading  # only encrypted pushes come here, and they use threads anyway
+
+        self._result: str | None = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._result = work()
+            except BaseException as exc:  # handed to whoever waits
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="wal-claim")
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def wait(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+class _EndAfter:
+    """Passes ``src`` through, but runs ``before_end`` (which may raise) before reporting its end."""
+
+    def __init__(self, src: Readable, before_end: Callable[[], object]) -> None:
+        self._src, self._before_end = src, before_end
+        self._ended = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._src.read(size)
+        if not data and size != 0 and not self._ended:
+            self._ended = True
+            self._before_end()
+        return data
+
+
 @dataclass(frozen=True)
 class PushResult:
     name: str
@@ -197,16 +241,24 @@ class WalArchive:
             existing = self.find(name)
             if existing is None:
                 key = wal_key(name, self.codec.suffix)
+                claim: _Background | None = None
+                src: Readable = fh
                 if self.codec.encrypted:
-                    local = _sha256_of(fh)
-                    fh.seek(0)
-                    self._claim(DigestRecord(name, local, size))
+                    # Hash and claim beside the compression (another core), but the put sees
+                    # the end of its input only once the claim is stored: the file can never
+                    # become visible before its digest record.
+                    claim = _Background(lambda: self._claim_file(path, name, size))
+                    src = _EndAfter(fh, claim.wait)
                 try:
-                    return self._store(key, fh, overwrite=False)
+                    return self._store(key, src, overwrite=False)
                 except ObjectExistsError:
                     existing = self.find(name)  # a concurrent push won the race
                     if existing is None:
                         raise
+                finally:
+                    if claim is not None:
+                        claim.join()
+                local = claim.wait() if claim is not None else None
         # Already there: identical content is success, anything else is a conflict.
         durable = self._check_identical(name, path, size, existing, local)
         # The push that stored it may have died before its fsyncs: PostgreSQL recycles
@@ -215,11 +267,16 @@ class WalArchive:
             self.storage.sync(key)
         return PushResult(name, existing.key, True, size, existing.size)
 
-    def _store(self, key: str, fh: BinaryIO, *, overwrite: bool) -> PushResult:
+    def _store(self, key: str, fh: Readable, *, overwrite: bool) -> PushResult:
         raw = CountingReader(fh)
         stored = CountingReader(encode(raw, self.codec))
         self.storage.put(key, stored, overwrite=overwrite)
         return PushResult(wal_name_of_key(key) or key, key, False, raw.size, stored.size)
+
+    def _claim_file(self, path: Path, name: str, size: int) -> str:
+        digest = _sha256_file(path)  # its own file offset: the encoder reads the other handle
+        self._claim(DigestRecord(name, digest, size))
+        return digest
 
     def _claim(self, record: DigestRecord) -> None:
         """Step 2 of the module docstring: the digest record goes first, create-only."""
@@ -235,7 +292,7 @@ class WalArchive:
         if theirs.sha256 != record.sha256:
             raise ConflictError(
                 f"{record.name}: other content has claimed this name in the archive"
-                f" (digest record {key} differs, its file is not stored); not archiving",
+                f" (digest record {key} differs); not archiving",
                 hint="two clusters may be archiving into the same storage; if an interrupted push of other content"
                 f" left {key} and this file is the right one, delete {key}",
             )
