@@ -9,7 +9,7 @@ A manifest is not trusted blindly: ``expire`` deletes what manifests name,
 so a manifest must describe the directory it lies in — its id is the
 directory's name, its kind the directory's kind, every object it names lies
 under that directory, and a base backup's start segment is its start LSN's
-on its own timeline. Anything else (an edited manifest, a backup folder
+on its own timeline for its recorded segment size. Anything else (an edited manifest, a backup folder
 copied under another id) is refused on :meth:`Catalog.read` and reported and
 skipped by :meth:`Catalog.scan`; nothing it names is ever deleted.
 """
@@ -256,13 +256,16 @@ def _check_wal_fields(m: BaseBackupManifest, key: str) -> None:
         raise VerifyError(f"manifest {key}: start_wal {m.start_wal} is not a segment of timeline {m.timeline}")
     if not _SEGMENT_RE.fullmatch(m.stop_wal) or m.stop_wal[:8] < tli:
         raise VerifyError(f"manifest {key}: stop_wal {m.stop_wal} is not a segment of timeline {m.timeline} or later")
-    # The segment size is not recorded (yet): the name must be start_lsn's segment
-    # for one of the sizes PostgreSQL allows. The first half of the name is the
-    # LSN's high 32 bits whatever the size.
-    sizes = [1 << bits for bits in range(20, 31)]
-    low = int(m.start_wal[16:], 16)
-    if int(m.start_wal[8:16], 16) != start >> 32 or not any((start & 0xFFFF_FFFF) // s == low for s in sizes):
-        raise VerifyError(f"manifest {key}: start_wal {m.start_wal} does not hold start_lsn {m.start_lsn}")
+    size = m.wal_segment_size
+    if size & (size - 1):
+        raise VerifyError(f"manifest {key}: wal_segment_size {size} is not a power of two")
+    # XLogFileName: the LSN's high 32 bits, then the segment's number within them.
+    expected = f"{tli}{start >> 32:08X}{(start & 0xFFFF_FFFF) // size:08X}"
+    if m.start_wal != expected:
+        raise VerifyError(
+            f"manifest {key}: start_wal {m.start_wal} is not the segment of start_lsn {m.start_lsn} "
+            f"({expected} with {size}-byte segments)"
+        )
 
 
 _SEGMENT_RE = re.compile(r"[0-9A-F]{24}")

@@ -213,7 +213,7 @@ def _db(*keys: str) -> list[dict[str, Any]]:
         pytest.param(
             "basebackup",
             _base(start_wal="000000020000000300000009"),
-            "does not hold start_lsn",
+            "is not the segment of start_lsn",
             id="start-wal-moved-on",
         ),
         pytest.param(
@@ -224,6 +224,9 @@ def _db(*keys: str) -> list[dict[str, Any]]:
         ),
         pytest.param("basebackup", _base(stop_lsn="0/1"), "before start_lsn", id="stops-before-it-starts"),
         pytest.param("basebackup", _base(stop_wal="000000010000000300000004"), "stop_wal", id="stop-wal-earlier-tli"),
+        pytest.param(
+            "basebackup", _base(wal_segment_size=3 * 1024 * 1024), "not a power of two", id="odd-segment-size"
+        ),
     ],
 )
 def test_a_manifest_that_is_not_its_folders_is_refused(
@@ -250,7 +253,7 @@ def test_scan_reports_manifests_in_folders_that_are_not_ids(catalog: Catalog) ->
 
 
 @pytest.mark.parametrize("segment_size_bits", [20, 24, 26, 30])
-def test_start_wal_of_any_segment_size_is_accepted(catalog: Catalog, segment_size_bits: int) -> None:
+def test_start_wal_is_checked_at_the_recorded_segment_size(catalog: Catalog, segment_size_bits: int) -> None:
     from p88backup.core.wal import names as walnames
 
     size = 1 << segment_size_bits
@@ -260,6 +263,12 @@ def test_start_wal_of_any_segment_size_is_accepted(catalog: Catalog, segment_siz
         stop_lsn=walnames.format_lsn(lsn + 0x100),
         start_wal=walnames.segment_for_lsn(2, lsn, size),
         stop_wal=walnames.segment_for_lsn(2, lsn + 0x100, size),
+        wal_segment_size=size,
     )
-    catalog.storage.put(layout.manifest_key("basebackup", BID), io.BytesIO(json.dumps(doc).encode()))
+    key = layout.manifest_key("basebackup", BID)
+    catalog.storage.put(key, io.BytesIO(json.dumps(doc).encode()))
     assert catalog.read("basebackup", BID).id == BID
+    other = 1 << (20 if segment_size_bits > 20 else 21)  # the name means another segment at another size
+    catalog.storage.put(key, io.BytesIO(json.dumps({**doc, "wal_segment_size": other}).encode()))
+    with pytest.raises(VerifyError, match="is not the segment of start_lsn"):
+        catalog.read("basebackup", BID)
