@@ -245,17 +245,18 @@ def fake_basebackup_manifest(
     start_lsn: str | None = None,
     stop_lsn: str | None = None,
     stop_wal: str | None = None,
+    segment_size: int = SEG,
 ) -> Any:
     """A base backup that needs WAL from ``start_wal`` on, on that segment's timeline.
 
-    The LSNs default to just inside ``start_wal`` (16 MiB segments); pass them to place a backup
-    exactly, e.g. before or after a timeline's switchpoint in the same segment.
+    The LSNs default to just inside ``start_wal`` (of ``segment_size``-byte segments); pass them
+    to place a backup exactly, e.g. before or after a timeline's switchpoint in the same segment.
     """
     from p88backup.catalog.models import BaseBackupManifest, StoredObject
     from p88backup.core.wal import names as walnames
 
-    timeline, segno = walnames.parse_segment_name(start_wal)
-    start = walnames.parse_lsn(start_lsn) if start_lsn else walnames.segment_start_lsn(segno) + 0x28
+    timeline, segno = walnames.parse_segment_name(start_wal, segment_size)
+    start = walnames.parse_lsn(start_lsn) if start_lsn else walnames.segment_start_lsn(segno, segment_size) + 0x28
     stop = walnames.parse_lsn(stop_lsn) if stop_lsn else start + 0x100
     obj = StoredObject(key=f"basebackups/{bid}/base.tar.zst", size=1, sha256="0" * 64, raw_size=1)
     return BaseBackupManifest(
@@ -264,7 +265,8 @@ def fake_basebackup_manifest(
         start_lsn=walnames.format_lsn(start),
         stop_lsn=walnames.format_lsn(stop),
         start_wal=start_wal,
-        stop_wal=stop_wal or walnames.segment_for_lsn(timeline, stop),
+        stop_wal=stop_wal or walnames.segment_for_lsn(timeline, stop, segment_size),
+        wal_segment_size=segment_size,
         start_time=when,
         stop_time=when,
         files=[obj],

@@ -324,3 +324,70 @@ def test_edited_manifest_cannot_make_expire_delete_wal(tmp_path: Path) -> None:
     assert {o.key.split("/")[1] for o in s.list("dumps/")} == {ids[0], ids[2]}
     assert plan.dumps.expire == [ids[1]]  # the others are judged as usual
     assert [m.id for m in plan.bad_manifests] == [ids[0]] and "outside dumps/" in plan.bad_manifests[0].error
+
+
+# -- what else expire must get right about WAL --------------------------------------------------
+
+
+def test_expired_wal_goes_with_its_digest_records(tmp_path: Path) -> None:
+    """Encrypted WAL has a digest record beside each file (core/wal/archive.py): it goes too, after the file."""
+    from p88backup.catalog.layout import wal_digest_key, wal_key
+
+    catalog = Catalog(initialised(open_storage(f"memory://{uuid.uuid4().hex}")))
+    s = catalog.storage
+    add_base(catalog, B1, seg(1, 3))
+    for n in range(1, 6):
+        s.put(wal_key(seg(1, n), ".zst.age"), io.BytesIO(b"w"))
+        s.put(wal_digest_key(seg(1, n)), io.BytesIO(b"{}"))
+    s.put(wal_key(seg(1, 1), ".zst"), io.BytesIO(b"w"))  # the same file stored before encryption was on
+    s.put(wal_digest_key(seg(1, 2) + ".partial"), io.BytesIO(b"{}"))  # a claim whose push died
+    s.put(wal_digest_key(seg(1, 4) + ".partial"), io.BytesIO(b"{}"))
+    expirer = expirer_for(s, tmp_path, keep=1)
+    plan = expirer.plan(NOW)
+    assert plan.wal == [
+        wal_key(seg(1, 1), ".zst"),
+        wal_key(seg(1, 1), ".zst.age"),
+        wal_key(seg(1, 2), ".zst.age"),
+        wal_digest_key(seg(1, 1)),
+        wal_digest_key(seg(1, 2)),
+        wal_digest_key(seg(1, 2) + ".partial"),
+    ]
+    assert plan.as_dict()["wal"]["expire_ranges"] == [  # type: ignore[index]
+        {"timeline": 1, "first": seg(1, 1), "last": seg(1, 2), "count": 3}
+    ]
+    expirer.apply(plan)
+    assert sorted(o.key.rsplit("/", 1)[1] for o in s.list("wal/")) == sorted(
+        [f"{seg(1, n)}.zst.age" for n in (3, 4, 5)]
+        + [f"{seg(1, n)}.digest.json" for n in (3, 4, 5)]
+        + [f"{seg(1, 4)}.partial.digest.json"]
+    )
+
+
+def test_wal_names_are_read_at_the_clusters_segment_size(tmp_path: Path) -> None:
+    """1 MiB segments: ...000000FF is followed by ...00000100 (with 16 MiB it would be the next 'xlogid')."""
+    from p88backup.catalog.layout import wal_key
+
+    catalog = Catalog(initialised(open_storage(f"memory://{uuid.uuid4().hex}")))
+    s = catalog.storage
+    mib = 1024 * 1024
+    m = basebackup(B1, datetime(2026, 11, 20, 2, tzinfo=UTC), "000000010000000000000102", segment_size=mib)
+    s.put(m.files[0].key, io.BytesIO(b"x"))
+    catalog.write(m)
+    names = [f"0000000100000000{n:08X}" for n in range(0xFE, 0x105)]
+    for name in names:
+        s.put(wal_key(name, ".zst"), io.BytesIO(b"w"))
+    plan = expirer_for(s, tmp_path, keep=1).plan(NOW)
+    assert plan.wal_held is None
+    assert plan.wal_names == names[:4]  # FE, FF, 100, 101: before the backup's start
+    assert plan.as_dict()["wal"]["expire_ranges"] == [  # type: ignore[index]
+        {"timeline": 1, "first": names[0], "last": names[3], "count": 4}
+    ]
+
+
+def test_base_backups_disagreeing_on_the_segment_size_hold_wal_expiry(tmp_path: Path) -> None:
+    catalog = after_a_restore()
+    m = basebackup(B3, datetime(2026, 11, 26, 2, tzinfo=UTC), seg(2, 0x80), segment_size=1024 * 1024)
+    catalog.storage.put(m.files[0].key, io.BytesIO(b"x"))
+    catalog.write(m)
+    plan = expirer_for(catalog.storage, tmp_path, keep=2).plan(NOW)
+    assert plan.wal == [] and plan.wal_held and "segment size" in plan.wal_held

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from p88backup.catalog import layout
 from p88backup.catalog.backups import BadManifest, Catalog, Orphan
 from p88backup.catalog.layout import Kind
 from p88backup.catalog.models import BaseBackupManifest, DumpManifest
@@ -65,7 +66,8 @@ class ExpirePlan:
 
         Exact, not a summary: every archived file of that timeline from
         ``first`` to ``last`` goes (segments, ``.partial`` and ``.backup``
-        files alike), and ``count`` says how many objects that is.
+        files alike, each with its digest record if it has one), and
+        ``count`` says how many files that is.
         """
         runs: list[list[int]] = []  # [timeline, first segno, last segno, objects]
         for name in sorted(self.wal_names, key=self._position):
@@ -159,7 +161,7 @@ class Expirer:
         self._manifests.update({("basebackup", m.id): m for m in bases})
         decision = plan_gfs([Candidate(m.id, m.started_at) for m in dumps], self.policy, now)
 
-        listing = list(self.archive.objects()) if self.archive is not None else []
+        listing, records = self._list_wal()
         candidates = [base_candidate(m) for m in bases]
         histories: dict[int, list[walnames.HistoryEntry]] = {}
         try:
@@ -172,7 +174,7 @@ class Expirer:
             base_decision = plan_base_backups(candidates, self.base_policy, now, histories)
         plan = ExpirePlan(decision, base_decision, bad_manifests=bad_dumps + bad_bases)
         if self.archive is not None:
-            self._plan_wal(plan, bases, listing, histories, bad_bases)
+            self._plan_wal(plan, bases, listing, records, histories, bad_bases)
         kinds: tuple[Kind, ...] = ("dump", "basebackup")
         for kind in kinds:
             if self._job_running(kind):
@@ -188,6 +190,7 @@ class Expirer:
         plan: ExpirePlan,
         bases: list[BaseBackupManifest],
         listing: list[tuple[str, ObjectInfo]],
+        records: dict[str, str],
         histories: dict[int, list[walnames.HistoryEntry]],
         bad_bases: list[BadManifest],
     ) -> None:
@@ -197,6 +200,11 @@ class Expirer:
         if decision.held is not None or live is None:
             plan.wal_held = decision.held or "timelines unknown"
             return
+        sizes = {m.wal_segment_size for m in bases}
+        if len(sizes) > 1:
+            plan.wal_held = f"base backups disagree on the WAL segment size ({sorted(sizes)}): WAL names are ambiguous"
+            return
+        plan.segment_size = size = sizes.pop() if sizes else walnames.DEFAULT_SEGMENT_SIZE
         kept = [m for m in bases if m.id in decision.keep]
         # A backup on the live history replays to the live timeline's end; an
         # abandoned one that is still kept, to the end of its own timeline.
@@ -205,20 +213,48 @@ class Expirer:
         ]
         on_live = [m for m in kept if decision.branch[m.id] == "live"]
         if on_live:
-            plan.wal_kept_from = min(on_live, key=lambda m: walnames.parse_segment_name(m.start_wal)[1]).start_wal
+            plan.wal_kept_from = min(on_live, key=lambda m: walnames.parse_segment_name(m.start_wal, size)[1]).start_wal
         if bad_bases:
             plan.wal_held = (
                 f"{len(bad_bases)} base backup manifest(s) cannot be trusted (first: {bad_bases[0].key}); "
                 "the WAL they need is unknown: fix or remove them"
             )
             return
-        wal = plan_wal((name for name, _ in listing), plan.wal_needs, histories, live)
+        names = sorted({name for name, _ in listing} | set(records))
+        wal = plan_wal(names, plan.wal_needs, histories, live, size)
         if wal.held is not None:
             plan.wal_held = wal.held
             return
-        keys = {name: obj.key for name, obj in listing}
+        # Every stored copy of an expired file (either encoding), and its digest
+        # record: files first, records after, so an interrupted run never leaves
+        # a file without its record (see p88backup.core.wal.archive).
+        stored = {obj.key for _, obj in listing} | set(records.values())
         plan.wal_names = wal.expire
-        plan.wal = [keys[name] for name in wal.expire]
+        keys = [k for name in wal.expire for k in layout.wal_file_keys(name) if k in stored]
+        plan.wal = [k for k in keys if not k.endswith(layout.WAL_DIGEST_SUFFIX)]
+        plan.wal += [k for k in keys if k.endswith(layout.WAL_DIGEST_SUFFIX)]
+
+    def _list_wal(self) -> tuple[list[tuple[str, ObjectInfo]], dict[str, str]]:
+        """One listing of ``wal/``: (name, object) of each stored WAL file, and name -> digest record key.
+
+        A record without its file (a push that died between the two) is listed
+        too, so that it goes when its name expires.
+        """
+        files: list[tuple[str, ObjectInfo]] = []
+        records: dict[str, str] = {}
+        if self.archive is None:
+            return files, records
+        for obj in self.storage.list(layout.WAL_PREFIX):
+            name = layout.wal_name_of_key(obj.key)
+            if name is not None:
+                if walnames.is_wal_name(name, None):
+                    files.append((name, obj))
+                continue
+            base = obj.key.rsplit("/", 1)[-1]
+            name = base.removesuffix(layout.WAL_DIGEST_SUFFIX)
+            if name != base and walnames.is_wal_name(name, None) and layout.wal_digest_key(name) == obj.key:
+                records[name] = obj.key
+        return files, records
 
     def _job_running(self, kind: Kind | str) -> bool:
         try:
