@@ -185,3 +185,33 @@ def test_wal_verify_uses_the_segment_size_of_each_base_backup(storage: MemorySto
     Catalog(storage).write(manifest)
     report = verify_wal(Catalog(storage), WalArchive(storage, make_codec()))
     assert report.chains[0].ok and report.gaps == [] and report.segment_size == size, report.as_dict()
+
+
+class CommitsChecked(MemoryStorage):
+    """Records, at the moment each put commits, whether the file's digest record was there."""
+
+    def __init__(self) -> None:
+        super().__init__(uuid.uuid4().hex)
+        initialised(self)
+        self.record_there_at_commit: list[bool] = []
+
+    def put(self, key: str, data: object, *, overwrite: bool = True) -> object:
+        if key.endswith(".zst.age"):
+            body = io.BytesIO(b"".join(iter(lambda: data.read(1 << 20), b"")))  # type: ignore[attr-defined]
+            self.record_there_at_commit.append(self.digest_there(key))
+            data = body
+        return super().put(key, data, overwrite=overwrite)  # type: ignore[arg-type]
+
+    def digest_there(self, key: str) -> bool:
+        name = key.rsplit("/", 1)[1].removesuffix(".zst.age")
+        return any(o.key == wal_digest_key(name) for o in self.list("wal/"))
+
+
+def test_the_file_is_never_stored_before_its_digest_record(identity: tuple[str, Path], tmp_path: Path) -> None:
+    recipient, _ = identity
+    storage = CommitsChecked()
+    archive = WalArchive(storage, make_codec(threads=1, recipients=[recipient]))
+    for segno in (3, 4, 5):
+        name = walnames.segment_name(1, segno)
+        archive.push(segment(tmp_path / name, segno))
+    assert storage.record_there_at_commit == [True, True, True]

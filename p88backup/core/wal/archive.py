@@ -34,6 +34,10 @@ as a claim on the name:
    conflict, nothing stored;
 3. put the file create-only: the commit point, exit 0 only after it.
 
+(Steps 1 and 2 run in a thread while step 3 compresses and encrypts; the put
+of step 3 sees the end of its input only once step 2 is stored, so it cannot
+commit before it, and fails with step 2's error.)
+
 A crash after 2 leaves a record without a file: the retry has the same bytes,
 finds its own claim and completes, so archiving never wedges. Different
 content never gets past 2, so it can never pass as identical. Because 2
