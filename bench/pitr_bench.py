@@ -272,6 +272,7 @@ def write_p88_conf(path: Path, store: Path, tools: Tools) -> Path:
     }
     path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
     os.chmod(path, 0o644)
+    check_call(tools.p88("init", config=path), tools.logs / f"init-{store.name}.log")  # every store is set up once
     return path
 
 
