@@ -47,21 +47,39 @@ def wal_fetch_cmd(ctx: click.Context, name: str, dest: str) -> None:
 )
 @click.option("--slot", default=None, help="Replication slot (default: wal.slot_name); created if missing.")
 @click.option("--poll", type=float, default=0.5, show_default=True, help="Seconds between spool scans.")
+@click.option(
+    "--max-backoff",
+    type=click.FloatRange(0.1),
+    default=60.0,
+    show_default=True,
+    help="Longest wait, in seconds, between reconnection attempts (they start at 1 s and double).",
+)
 @pass_app
-def wal_stream_cmd(app: App, spool: Path | None, slot: str | None, poll: float) -> None:
+def wal_stream_cmd(app: App, spool: Path | None, slot: str | None, poll: float, max_backoff: float) -> None:
     """Archive WAL continuously over the replication protocol (for the sidecar).
 
-    Runs pg_receivewal with a replication slot into a local spool and pushes
-    each completed WAL file to storage with the same guarantees as wal-push,
-    deleting it locally only once stored. Reconnects with backoff; stops
-    cleanly on SIGTERM/SIGINT after shipping what is complete. Logs its lag
-    (bytes not yet archived) every 30 s.
+    Runs pg_receivewal with a replication slot (created reserving WAL) into a
+    local spool and pushes each completed WAL file to storage with the same
+    guarantees as wal-push, deleting it locally only once stored. Reconnects
+    with backoff; stops cleanly on SIGTERM/SIGINT after shipping what is
+    complete.
+
+    After a promotion (a restored cluster on a new timeline at the same
+    address) it follows the server's timeline history: spool files of the
+    abandoned branch are moved to SPOOL/abandoned/ (never deleted), the new
+    timeline's history file is archived first and the new timeline is
+    streamed from its fork point.
+
+    SPOOL/status.json says whether it is connected and whether the archive
+    is caught up with the server; `p88backup status --component wal-stream`
+    judges it (for a container healthcheck).
     """
     import signal
     import threading
 
     from p88backup.core.wal.archive import WalArchive
     from p88backup.core.wal.stream import WalStreamer
+    from p88backup.core.wal.streamhealth import default_spool
     from p88backup.locks import job_lock
 
     s = app.settings
@@ -72,10 +90,11 @@ def wal_stream_cmd(app: App, spool: Path | None, slot: str | None, poll: float) 
         streamer = WalStreamer(
             app.conninfo,
             WalArchive(app.storage, app.codec),
-            spool or s.work_dir / "wal-spool",
+            spool or default_spool(s.work_dir),
             slot=slot or s.wal.slot_name,
             pg_bin_dir=s.pg_bin_dir,
             poll=poll,
+            max_backoff=max_backoff,
             stop=stop,
         )
         streamer.run()

@@ -7,6 +7,19 @@ deleted from the spool. A crash at any point loses nothing: the spool keeps
 what was not yet stored, and a re-push of an already stored file is an
 identical-content no-op. This is how the compose sidecar archives without
 changing the database image's ``archive_command``.
+
+Before each start of ``pg_receivewal`` the streamer asks the server (over a
+replication connection) for its timeline and that timeline's history, and
+makes the spool agree with it (:mod:`p88backup.core.wal.spool`): after a
+promotion - a restored cluster taking over the address, or a standby
+promoted - files of the abandoned branch are moved to ``<spool>/abandoned/``
+(never deleted), the new timeline's ``.history`` file is archived before any
+of its segments, and streaming starts at the fork point, so the new timeline
+is archived from where it began (DESIGN §3.11). The slot is created with
+``RESERVE_WAL``: the server keeps WAL from the moment the slot exists.
+
+``<spool>/status.json`` (:mod:`p88backup.core.wal.streamhealth`) separates
+"alive" from "archiving": see ``p88backup status --component wal-stream``.
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -23,22 +37,82 @@ from pathlib import Path
 
 from p88backup.core.wal import names as walnames
 from p88backup.core.wal.archive import WalArchive
-from p88backup.errors import P88Error
-from p88backup.pg.conn import ConnInfo, first_line
+from p88backup.core.wal.spool import SpoolPlan, archived_position, caught_up, plan_spool
+from p88backup.core.wal.streamhealth import STATUS_FILE
+from p88backup.errors import ArchivingError, DatabaseError, P88Error, PgToolError, StorageError
+from p88backup.pg.conn import ConnInfo
 from p88backup.pg.proc import ToolProcess
+from p88backup.pg.replication import replication_session
 from p88backup.pg.tools import client_for
 
 log = logging.getLogger(__name__)
 
+ABANDONED_DIR = "abandoned"
+HEARTBEAT_SECONDS = 5.0
+# pg_receivewal's messages when the connection, not the tool, is the problem.
+_CONNECTION_TROUBLE = (
+    "connection to server",
+    "could not connect",
+    "server closed the connection",
+    "terminated before stop point",
+    "unexpected termination of replication stream",
+    "could not receive data",
+    "no pg_hba.conf entry",
+    "authentication failed",
+    "the database system is",  # starting up / shutting down / in recovery mode
+)
+
 
 @dataclass
 class StreamStatus:
+    """The fields of ``status.json`` (plus ``updated_at`` and ``pid``, added when written)."""
+
+    started_at: float = field(default_factory=time.time)
+    stopped_at: float | None = None
+    connected: bool = False
+    timeline: int | None = None
+    streaming_from: str | None = None  # "0/4000000 on timeline 2": where this connection started
+    server_lsn: str | None = None
+    archived_lsn: str | None = None
+    lag_bytes: int | None = None
+    lag_measured_at: float | None = None
+    last_progress_at: float | None = None  # last time the archive was within a segment of the server
     shipped: int = 0
     last_shipped: str | None = None
     last_shipped_at: float | None = None
-    lag_bytes: int | None = None
+    set_aside: list[str] = field(default_factory=list)  # files moved to <spool>/abandoned by this run
     restarts: int = 0
-    errors: list[str] = field(default_factory=list)
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_error_code: int | None = None
+
+
+def receivewal_failure(rc: int, stderr: str) -> P88Error:
+    """The error for a ``pg_receivewal`` that exited with ``rc``; ``stderr`` is its last lines."""
+    what = f"pg_receivewal exited with status {rc}" + (f": {stderr}" if stderr else "")
+    if "not in this server's history" in stderr:
+        return ArchivingError(
+            what,
+            hint="the server changed timelines; wal-stream compares the spool with its history again",
+        )
+    if "has already been removed" in stderr:
+        return ArchivingError(
+            what,
+            hint="that WAL is gone from the server, so the archive has a gap: move the WAL files of the spool "
+            "into its abandoned/ folder (wal-stream then streams from the server's current position) and take "
+            "a base backup (p88backup basebackup)",
+        )
+    if any(s in stderr for s in _CONNECTION_TROUBLE):
+        return DatabaseError(what, hint="is the server up, and may this role make replication connections?")
+    return PgToolError(what)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class WalStreamer:
@@ -51,7 +125,7 @@ class WalStreamer:
         slot: str,
         pg_bin_dir: Path | None = None,
         poll: float = 0.5,
-        lag_every: float = 30.0,
+        lag_every: float = 10.0,
         max_backoff: float = 60.0,
         stop: threading.Event | None = None,
         sleep: Callable[[float], None] | None = None,
@@ -61,11 +135,151 @@ class WalStreamer:
         self.stop = stop or threading.Event()
         self.sleep = sleep or (lambda s: self.stop.wait(s))
         self.status = StreamStatus()
+        self.segment_size = walnames.DEFAULT_SEGMENT_SIZE
+        self._baseline: int | None = None  # where the current pg_receivewal started: stored before it
+        self._shipped_end: int | None = None  # end of the newest segment it completed and we stored
+        self._last_write = 0.0
 
-    def _tool(self) -> str:
-        with self.ci.connect() as conn:
-            major = int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
-        return str(client_for("pg_receivewal", major, self.pg_bin_dir).path)
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> StreamStatus:
+        """Stream until ``stop`` is set (SIGTERM); reconnect with backoff."""
+        self.spool.mkdir(parents=True, exist_ok=True)
+        backoff = 1.0
+        while not self.stop.is_set():
+            began = time.monotonic()
+            try:
+                self.ship()  # leftovers of a previous run, and what the last pg_receivewal completed
+                tool = self.prepare()
+                self._stream_once(tool)
+            except P88Error as exc:
+                self._failed(exc, backoff)
+            except OSError as exc:  # the spool: full, read-only, permissions
+                self._failed(StorageError(f"spool {self.spool}: {exc}"), backoff)
+            if self.stop.is_set():
+                break
+            if time.monotonic() - began > 30:
+                backoff = 1.0  # it worked for a while: this is a new problem, retry soon
+            self.status.restarts += 1
+            self._pause(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+        self.status.connected = False
+        try:
+            self.ship()
+        finally:
+            self.status.stopped_at = time.time()
+            self.write_status()
+        log.info("wal-stream stopped", extra={"p88": {"shipped": self.status.shipped}})
+        return self.status
+
+    def _failed(self, exc: P88Error, retry_in: float) -> None:
+        self.status.connected = False
+        self.status.last_error, self.status.last_error_at = str(exc), time.time()
+        self.status.last_error_code = int(exc.exit_code)
+        extra: dict[str, object] = {"error": str(exc), "exit_code": int(exc.exit_code), "in_seconds": retry_in}
+        if exc.hint:
+            extra["hint"] = exc.hint
+        log.error("wal-stream problem, will retry", extra={"p88": extra})
+        self.write_status()
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, keeping the heartbeat going (a long backoff must not look like a dead process)."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.sleep(min(left, HEARTBEAT_SECONDS))
+            self._heartbeat()
+
+    # -- before each start of pg_receivewal -----------------------------------
+
+    def prepare(self) -> str:
+        """Ask the server where it is, make the spool agree, ensure the slot; return pg_receivewal's path."""
+        with replication_session(self.ci) as rs:
+            info = rs.identify_system()
+            history_text = rs.timeline_history(info.timeline)
+            self.segment_size = rs.segment_size()
+            if rs.create_physical_slot(self.slot):
+                log.info("replication slot created, reserving WAL from now", extra={"p88": {"slot": self.slot}})
+            slot = rs.read_slot(self.slot)
+            major = rs.server_version_num // 10000
+        tool = str(client_for("pg_receivewal", major, self.pg_bin_dir).path)
+        try:
+            history = walnames.parse_history(history_text)
+        except walnames.WalNameError as exc:
+            raise DatabaseError(f"the server's timeline history is not valid: {exc}") from None
+        self.status.timeline = info.timeline
+
+        archived = True
+        if info.timeline > 1:
+            # The new timeline's history goes to the archive before any of its segments: without it,
+            # `latest` cannot follow this timeline and would replay the abandoned one.
+            name = f"{info.timeline:08X}.history"
+            archived = self.archive.find(name) is not None
+            if not archived:
+                tmp = self.spool / f".{name}.tmp"
+                tmp.write_text(history_text)
+                os.replace(tmp, self.spool / name)
+                self.ship()
+
+        plan = plan_spool(
+            self._spool_names(),
+            timeline=info.timeline,
+            history=history,
+            server_lsn=walnames.parse_lsn(info.flush_lsn),
+            slot_lsn=walnames.parse_lsn(slot.restart_lsn) if slot and slot.restart_lsn else None,
+            timeline_archived=archived,
+            segment_size=self.segment_size,
+        )
+        self._apply(plan)
+        return tool
+
+    def _spool_names(self) -> list[str]:
+        return sorted(p.name for p in self.spool.iterdir() if p.is_file())
+
+    def _apply(self, plan: SpoolPlan) -> None:
+        if plan.set_aside:
+            aside = self.spool / ABANDONED_DIR
+            aside.mkdir(exist_ok=True)
+            for item in plan.set_aside:
+                dest = aside / item.name
+                n = 0
+                while dest.exists():  # never replace an earlier one: each may hold WAL found nowhere else
+                    n += 1
+                    dest = aside / f"{item.name}.{n}"
+                os.rename(self.spool / item.name, dest)
+                self.status.set_aside.append(item.name)
+                log.warning(
+                    "spool file set aside: not on the server's timeline history"
+                    if item.reason == "off-history"
+                    else "spool file set aside: a parent timeline's tail, superseded by the child's copy",
+                    extra={
+                        "p88": {
+                            "file": item.name,
+                            "reason": item.reason,
+                            "moved_to": str(dest),
+                            "server_timeline": self.status.timeline,
+                            "fork_lsn": walnames.format_lsn(plan.fork_lsn) if plan.fork_lsn is not None else None,
+                        }
+                    },
+                )
+            _fsync_dir(aside)
+        if plan.seed is not None and not (self.spool / plan.seed).exists():
+            # An empty file is one pg_receivewal fills from its start: this is where it will begin.
+            (self.spool / plan.seed).touch()
+        if plan.set_aside or plan.seed is not None:
+            _fsync_dir(self.spool)
+        # Positions are compared along the server's history: what an earlier connection shipped may lie
+        # on a branch the server has left, so only this connection's start and shipments count.
+        self._baseline, self._shipped_end = plan.start_lsn, None
+        self.status.streaming_from = f"{walnames.format_lsn(plan.start_lsn)} on timeline {plan.start_timeline}"
+        log.info(
+            "streaming WAL",
+            extra={"p88": {"from": self.status.streaming_from, "slot": self.slot, "spool": str(self.spool)}},
+        )
+
+    # -- one run of pg_receivewal ---------------------------------------------
 
     def _argv(self, tool: str) -> list[str]:
         return [
@@ -78,125 +292,108 @@ class WalStreamer:
             f"--dbname={self.ci.dsn()}",
         ]
 
-    def ensure_slot(self, tool: str) -> None:
-        r = subprocess.run(
-            [
-                tool,
-                "--create-slot",
-                "--if-not-exists",
-                f"--slot={self.slot}",
-                "--no-password",
-                f"--dbname={self.ci.dsn()}",
-            ],
-            capture_output=True,
-            text=True,
-            env=self.ci.env(),
-        )
-        if r.returncode != 0:
-            raise P88Error(
-                f"cannot create replication slot {self.slot!r}: {r.stderr.strip()}",
-                hint="the role needs REPLICATION and pg_hba.conf must allow replication connections",
-            )
-
-    def run(self) -> StreamStatus:
-        """Stream until ``stop`` is set (SIGTERM); reconnect with backoff."""
-        self.spool.mkdir(parents=True, exist_ok=True)
-        backoff = 1.0
-        tool: str | None = None
-        self.ship()  # leftovers of a previous run first
-        while not self.stop.is_set():
-            try:
-                tool = tool or self._tool()
-                self.ensure_slot(tool)
-                log.info("wal-stream connected", extra={"p88": {"slot": self.slot, "spool": str(self.spool)}})
-                ran_for = self._stream_once(tool)
-                if ran_for > 30:
-                    backoff = 1.0
-            except P88Error as exc:
-                self.status.errors = [*self.status.errors, str(exc)][-10:]
-                log.error("wal-stream problem, will retry", extra={"p88": {"error": str(exc), "in_seconds": backoff}})
-            if self.stop.is_set():
-                break
-            self.write_status(False)
-            self.status.restarts += 1
-            self.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
-        self.ship()
-        log.info("wal-stream stopped", extra={"p88": {"shipped": self.status.shipped}})
-        return self.status
-
-    def write_status(self, connected: bool) -> None:
-        """``<spool>/status.json``, rewritten every few seconds: a heartbeat for healthchecks."""
-        doc = {"updated_at": time.time(), "connected": connected, "pid": os.getpid(), **asdict(self.status)}
-        tmp = self.spool / ".status.json.tmp"
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self.spool / "status.json")
-
-    def _stream_once(self, tool: str) -> float:
-        started = time.monotonic()
-        last_lag = last_status = 0.0
+    def _stream_once(self, tool: str) -> None:
+        """Run pg_receivewal until it fails (raise) or ``stop`` is set (return)."""
+        last_lag = float("-inf")
         with ToolProcess(self._argv(tool), env=self.ci.env(), stdout=subprocess.DEVNULL, what="pg_receivewal") as proc:
+            self.status.connected = True
+            self.write_status()
             while proc.proc.poll() is None and not self.stop.is_set():
                 self.ship()
                 now = time.monotonic()
                 if now - last_lag >= self.lag_every:
-                    self.report_lag()
+                    self.measure_lag()
                     last_lag = now
-                if now - last_status >= 5:
-                    self.write_status(True)
-                    last_status = now
+                self._heartbeat()
                 self.sleep(self.poll)
             if proc.proc.poll() is None:
-                proc.proc.terminate()  # pg_receivewal flushes and exits cleanly on SIGTERM
-                proc.wait(30)
-                return time.monotonic() - started
+                proc.proc.send_signal(signal.SIGINT)  # pg_receivewal's clean stop in every version
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                return
             rc = proc.wait()
+        self.status.connected = False
         self.ship()
-        raise P88Error(f"pg_receivewal exited with status {rc}: {proc.stderr_text(3)}")
+        raise receivewal_failure(rc, proc.stderr_text(3))
+
+    # -- shipping and status --------------------------------------------------
 
     def ship(self) -> int:
         """Push every completed file in the spool, oldest first; delete each once stored."""
         shipped = 0
         for path in sorted(self.spool.iterdir()) if self.spool.exists() else []:
             try:
-                kind = walnames.classify(path.name).kind
+                f = walnames.classify(path.name, self.segment_size)
             except walnames.WalNameError:
-                continue  # .partial of the segment being received, temp files
-            if kind not in ("segment", "history"):
-                continue
+                continue  # temp files, the status file, abandoned/
+            if f.kind not in ("segment", "history"):
+                continue  # .partial: the segment being received
             result = self.archive.push(path)
             path.unlink()
             shipped += 1
+            now = time.time()
             self.status.shipped += 1
-            self.status.last_shipped, self.status.last_shipped_at = path.name, time.time()
+            self.status.last_shipped, self.status.last_shipped_at = path.name, now
+            if f.segno is not None:
+                end = (f.segno + 1) * self.segment_size
+                self._shipped_end = max(end, self._shipped_end or 0)
             log.info(
                 "archived" if not result.already_archived else "already archived (identical)",
                 extra={"p88": {"file": path.name, "stored_bytes": result.stored_size}},
             )
+            self._heartbeat()
         return shipped
 
-    def report_lag(self) -> None:
-        """Bytes between the server's current WAL position and what is archived."""
-        if self.status.last_shipped is None or len(self.status.last_shipped) != 24:
-            return
+    def measure_lag(self) -> None:
+        """Bytes between the server's WAL position and what is archived; progress if within a segment."""
         try:
-            with self.ci.connect() as conn:
-                current = walnames.parse_lsn(
-                    conn.execute(
-                        "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() "
-                        "ELSE pg_current_wal_lsn() END::text"
-                    ).fetchone()[0]
-                )
+            with replication_session(self.ci) as rs:
+                info = rs.identify_system()
         except P88Error as exc:
             log.warning("cannot measure lag", extra={"p88": {"error": str(exc)}})
             return
-        except Exception as exc:
-            log.warning("cannot measure lag", extra={"p88": {"error": first_line(exc)}})
-            return
-        _, segno = walnames.parse_segment_name(self.status.last_shipped)
-        archived_to = walnames.segment_start_lsn(segno + 1)
-        self.status.lag_bytes = max(0, current - archived_to)
-        log.info(
-            "wal-stream lag",
-            extra={"p88": {"lag_bytes": self.status.lag_bytes, "last_archived": self.status.last_shipped}},
+        now = time.time()
+        server = walnames.parse_lsn(info.flush_lsn)
+        archived = archived_position(
+            self._spool_names(), shipped_end=self._shipped_end, baseline=self._baseline, segment_size=self.segment_size
         )
+        was_caught_up = caught_up(self.status.lag_bytes, self.segment_size)
+        self.status.timeline = info.timeline
+        self.status.server_lsn = info.flush_lsn
+        self.status.archived_lsn = walnames.format_lsn(archived) if archived is not None else None
+        self.status.lag_bytes = max(0, server - archived) if archived is not None else None
+        self.status.lag_measured_at = now
+        is_caught_up = caught_up(self.status.lag_bytes, self.segment_size)
+        if is_caught_up and self.status.connected:
+            self.status.last_progress_at = now
+        level = logging.INFO if is_caught_up else logging.WARNING
+        if is_caught_up != was_caught_up or not is_caught_up:
+            log.log(
+                level,
+                "wal-stream lag",
+                extra={
+                    "p88": {
+                        "lag_bytes": self.status.lag_bytes,
+                        "archived_lsn": self.status.archived_lsn,
+                        "server_lsn": info.flush_lsn,
+                    }
+                },
+            )
+        self.write_status()
+
+    def _heartbeat(self) -> None:
+        if time.monotonic() - self._last_write >= HEARTBEAT_SECONDS:
+            self.write_status()
+
+    def write_status(self) -> None:
+        """``<spool>/status.json``: a heartbeat (``updated_at``) plus what the streamer has achieved."""
+        self._last_write = time.monotonic()
+        doc = {"updated_at": time.time(), "pid": os.getpid(), **asdict(self.status)}
+        tmp = self.spool / f".{STATUS_FILE}.tmp"
+        try:
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, self.spool / STATUS_FILE)
+        except OSError as exc:  # a full disk must not stop archiving; the healthcheck will see a stale file
+            log.warning("cannot write the status file", extra={"p88": {"error": str(exc)}})
