@@ -51,6 +51,25 @@ def test_plan_is_exactly_what_apply_deletes(tmp_path: Path) -> None:
     assert remaining == set(plan.dumps.keep)  # objects went with their manifests
 
 
+def test_dumps_only_storage_reports_no_wal_plan(tmp_path: Path) -> None:
+    from p88backup.core.wal.archive import WalArchive
+
+    catalog = Catalog(initialised(open_storage(f"memory://{uuid.uuid4().hex}")))
+    fill(catalog, 3)
+    expirer = expirer_for(catalog.storage, tmp_path, keep=1)
+    assert isinstance(expirer.archive, WalArchive)
+    wal = expirer.plan(NOW).as_dict()["wal"]
+    assert wal == {
+        "expire_count": 0,
+        "kept_from": None,
+        "expire_first": None,
+        "expire_last": None,
+        "held": None,
+        "needed_by": [],
+        "expire_ranges": [],
+    }
+
+
 def test_newest_is_kept_even_with_everything_zero(tmp_path: Path) -> None:
     catalog = Catalog(initialised(open_storage(f"memory://{uuid.uuid4().hex}")))
     ids = fill(catalog, 3)

@@ -197,6 +197,8 @@ class Expirer:
         """WAL that no retained base backup needs: every file not on a kept backup's way to its timeline's end."""
         decision = plan.basebackups
         live = decision.live_timeline
+        if not listing and not records:
+            return  # no WAL archive (dumps only): nothing to plan, nothing to report
         if decision.held is not None or live is None:
             plan.wal_held = decision.held or "timelines unknown"
             return
