@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 class ExpirePlan:
     dumps: Decision
     basebackups: BaseBackupDecision
-    wal: list[str] = field(default_factory=list)  # storage keys
-    wal_names: list[str] = field(default_factory=list)  # the WAL file names they hold, same order
+    wal: list[str] = field(default_factory=list)  # storage keys: the files, then their digest records
+    wal_names: list[str] = field(default_factory=list)  # the expired WAL file names
     wal_kept_from: str | None = None
     wal_needs: list[WalNeed] = field(default_factory=list)
     wal_held: str | None = None
@@ -69,7 +69,7 @@ class ExpirePlan:
         files alike, each with its digest record if it has one), and
         ``count`` says how many files that is.
         """
-        runs: list[list[int]] = []  # [timeline, first segno, last segno, objects]
+        runs: list[list[int]] = []  # [timeline, first segno, last segno, files]
         for name in sorted(self.wal_names, key=self._position):
             tli, segno = self._position(name)
             if runs and runs[-1][0] == tli and segno <= runs[-1][2] + 1:
@@ -273,8 +273,10 @@ class Expirer:
             self.catalog.delete(manifest)
             log.info("expired backup", extra={"p88": {"kind": kind, "id": bid}})
         if plan.wal:
-            # Only after the base backups that needed it are gone.
-            self.storage.delete_many(plan.wal)
+            # Only after the base backups that needed it are gone; digest records
+            # in a second call, so no batch can remove a record before its file.
+            self.storage.delete_many([k for k in plan.wal if not k.endswith(layout.WAL_DIGEST_SUFFIX)])
+            self.storage.delete_many([k for k in plan.wal if k.endswith(layout.WAL_DIGEST_SUFFIX)])
             log.info(
                 "expired WAL",
                 extra={"p88": {"objects": len(plan.wal), "ranges": plan.wal_ranges()}},
