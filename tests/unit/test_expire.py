@@ -6,6 +6,7 @@ import io
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from p88backup.catalog.backups import Catalog
 from p88backup.core.retention.expire import Expirer
@@ -374,7 +375,17 @@ def test_expired_wal_goes_with_its_digest_records(tmp_path: Path) -> None:
     assert plan.as_dict()["wal"]["expire_ranges"] == [  # type: ignore[index]
         {"timeline": 1, "first": seg(1, 1), "last": seg(1, 2), "count": 3}
     ]
+    deletes: list[list[str]] = []
+    real_delete_many = s.delete_many
+
+    def delete_many(keys: Any) -> None:  # the memory backend, recording each call
+        deletes.append(list(keys))
+        real_delete_many(deletes[-1])
+
+    s.delete_many = delete_many  # type: ignore[method-assign]
     expirer.apply(plan)
+    wal_deletes = [d for d in deletes if d and d[0].startswith("wal/")]
+    assert wal_deletes == [plan.wal[:3], plan.wal[3:]]  # records only once their files are gone
     assert sorted(o.key.rsplit("/", 1)[1] for o in s.list("wal/")) == sorted(
         [f"{seg(1, n)}.zst.age" for n in (3, 4, 5)]
         + [f"{seg(1, n)}.digest.json" for n in (3, 4, 5)]
