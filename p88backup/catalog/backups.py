@@ -9,9 +9,10 @@ A manifest is not trusted blindly: ``expire`` deletes what manifests name,
 so a manifest must describe the directory it lies in — its id is the
 directory's name, its kind the directory's kind, every object it names lies
 under that directory, and a base backup's start segment is its start LSN's
-on its own timeline for its recorded segment size. Anything else (an edited manifest, a backup folder
-copied under another id) is refused on :meth:`Catalog.read` and reported and
-skipped by :meth:`Catalog.scan`; nothing it names is ever deleted.
+on its own timeline at its recorded segment size. Anything else (an edited
+manifest, a backup folder copied under another id) is refused on
+:meth:`Catalog.read` and reported and skipped by :meth:`Catalog.scan`;
+nothing it names is ever deleted.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def expire_cmd(app: App, dry_run: bool, as_json: bool, wait: float) -> None:
     if plan.wal:
         click.echo(f"{verb} {len(plan.wal)} WAL objects needed by no retained base backup:")
         for run in plan.wal_ranges():
-            click.echo(f"  timeline {run['timeline']}: {run['first']} .. {run['last']} ({run['count']} objects)")
+            click.echo(f"  timeline {run['timeline']}: {run['first']} .. {run['last']} ({run['count']} files)")
     elif plan.wal_held:
         click.echo(f"no WAL expired: {plan.wal_held}")
     for m in plan.bad_manifests:
