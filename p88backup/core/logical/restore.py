@@ -10,13 +10,15 @@ directory, because ``pg_restore --jobs`` needs a seekable file.
 
 Roles and tablespaces (the "globals") are created when missing; existing ones
 are left as they are, so restoring a copy next to production never resets a
-live role's password.
+live role's password nor changes what a live role may do: only statements
+about roles and tablespaces this restore created are applied
+(:mod:`p88backup.core.logical.globals_filter`); the others that concern a new
+role, such as a new role granted to an existing one, are reported as skipped.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import subprocess
 import time
@@ -27,6 +29,7 @@ from typing import Any
 from p88backup.catalog.models import DatabaseDump, DumpManifest, StoredObject
 from p88backup.catalog.objects import check_stat, open_decoded
 from p88backup.core.logical.dump import count_rows
+from p88backup.core.logical.globals_filter import Skipped, filter_globals
 from p88backup.core.logical.verify import restore_tool_major
 from p88backup.errors import DatabaseError, PgToolError, RefusedError, VerifyError
 from p88backup.pg.conn import ConnInfo, first_line
@@ -37,9 +40,6 @@ from p88backup.stream import Codec, copy_stream, read_all
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
-_IDENT = r'("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
-_ROLE_LINE = re.compile(rf"^(?:CREATE|ALTER) ROLE {_IDENT}[ ;]")
-_TBLSPC_LINE = re.compile(rf"^CREATE TABLESPACE {_IDENT} ")
 
 
 @dataclass
@@ -62,40 +62,12 @@ class RestoreResult:
     seconds: float
     roles_created: list[str] = field(default_factory=list)
     roles_kept: list[str] = field(default_factory=list)
+    globals_skipped: list[Skipped] = field(default_factory=list)  # for the operator to apply by hand, or not
     tables_checked: int = 0
-
-
-def unquote_ident(ident: str) -> str:
-    return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident
 
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def filter_globals(sql: str, roles: set[str], tablespaces: set[str]) -> tuple[str, list[str], list[str]]:
-    """Drop statements about roles/tablespaces that already exist.
-
-    Returns (filtered sql, roles to be created, existing roles left alone).
-    pg_dumpall writes one statement per line for these, which makes a
-    line filter exact.
-    """
-    out, created, kept = [], [], []
-    for line in sql.splitlines(keepends=True):
-        m = _ROLE_LINE.match(line)
-        if m:
-            name = unquote_ident(m.group(1))
-            if name in roles:
-                if name not in kept:
-                    kept.append(name)
-                continue
-            if line.startswith("CREATE") and name not in created:
-                created.append(name)
-        m = _TBLSPC_LINE.match(line)
-        if m and unquote_ident(m.group(1)) in tablespaces:
-            continue
-        out.append(line)
-    return "".join(out), created, kept
 
 
 class DumpRestorer:
@@ -202,9 +174,10 @@ class DumpRestorer:
         finally:
             raw.close()
         with self._admin() as admin:
-            roles = {r[0] for r in admin.execute("SELECT rolname FROM pg_roles").fetchall()}
+            role_rows = admin.execute("SELECT rolname, rolsuper FROM pg_roles").fetchall()
             spaces = {r[0] for r in admin.execute("SELECT spcname FROM pg_tablespace").fetchall()}
-        filtered, created, kept = filter_globals(sql, roles, spaces)
+        roles = {r[0] for r in role_rows}
+        plan = filter_globals(sql, roles, spaces, superusers={r[0] for r in role_rows if r[1]})
         psql = client_for("psql", major, self.opt.pg_bin_dir)
         admin_db = "postgres" if self.opt.target_db != "postgres" else "template1"
         r = subprocess.run(
@@ -217,7 +190,7 @@ class DumpRestorer:
                 "ON_ERROR_STOP=1",
                 f"--dbname={self.ci.with_db(admin_db).dsn()}",
             ],
-            input=filtered.encode(),
+            input=plan.sql.encode(),
             capture_output=True,
             env=self.ci.env(),
         )
@@ -226,8 +199,17 @@ class DumpRestorer:
                 f"restoring roles failed: {r.stderr.decode(errors='replace').strip()[-500:]}",
                 hint="pass --no-globals to restore the database without roles",
             )
-        result.roles_created, result.roles_kept = created, kept
-        log.info("globals restored", extra={"p88": {"roles_created": created, "roles_left_unchanged": kept}})
+        result.roles_created, result.roles_kept = plan.roles_created, plan.roles_kept
+        result.globals_skipped = plan.skipped
+        log.info(
+            "globals restored",
+            extra={"p88": {"roles_created": plan.roles_created, "roles_left_unchanged": plan.roles_kept}},
+        )
+        for skipped in plan.skipped:
+            log.warning(
+                "globals statement not applied",
+                extra={"p88": {"statement": skipped.statement, "reason": skipped.reason}},
+            )
 
     # -- data -----------------------------------------------------------------
 
