@@ -189,3 +189,59 @@ def test_dump_logs_are_json_lines_with_a_summary(source: PgCluster, tmp_path: Pa
     assert len(finished) == 1
     assert finished[0]["databases"] == [SOURCE_DB] and finished[0]["stored_bytes"] > 0
     assert all(set(ln) >= {"ts", "level", "logger", "msg"} for ln in lines)
+
+
+def memberships(pg: PgCluster, role: str) -> set[tuple[str, bool]]:
+    """The roles ``role`` is a member of, with the ADMIN option."""
+    rows = pg.sql(
+        "SELECT r.rolname, m.admin_option FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
+        " JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s",
+        params=(role,),
+    )
+    return {(name, admin) for name, admin in rows}
+
+
+@pytest.mark.matrix
+def test_restore_next_to_live_roles_changes_none_of_them(tmp_path: Path, pg_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 10 item 14: the dump's globals grant a role it creates to a role the server already has.
+    restore --dump creates the new roles with their memberships and reports that grant, unapplied."""
+    source = pg_factory("source")
+    source.start()
+    source.psql(
+        """
+        CREATE ROLE p88_reader LOGIN;
+        CREATE ROLE p88_team NOLOGIN;
+        CREATE ROLE p88_writer LOGIN;
+        GRANT p88_team TO p88_reader WITH ADMIN OPTION;
+        GRANT p88_reader TO p88_writer;
+        GRANT p88_team TO p88_writer;
+        COMMENT ON ROLE p88_reader IS 'the source''s reader';
+        CREATE DATABASE app OWNER p88_writer;
+        """
+    )
+    source.sql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g", "app")
+    store = f"file://{tmp_path}/store"
+    source_env = cli_env(tmp_path, P88_DATABASE_URL=source.url("app"), P88_STORAGE_URL=store)
+    init_storage(source_env)
+    ok(run_cli(["dump"], source_env))
+
+    live = pg_factory("live")
+    live.start()
+    live.psql("CREATE ROLE p88_reader LOGIN; COMMENT ON ROLE p88_reader IS 'live reader';")
+    env = cli_env(tmp_path, P88_DATABASE_URL=live.url("postgres"), P88_STORAGE_URL=store)
+    r = ok(run_cli(["restore", "--dump", "latest", "--target-db", "app", "--json"], env))
+    result = json_out(r)
+
+    assert memberships(live, "p88_reader") == set()  # the live role gained nothing
+    assert live.scalar("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = 'p88_reader'") == (
+        "live reader"
+    )
+    assert sorted(result["roles_created"]) == ["p88_team", "p88_writer"]
+    assert "p88_reader" in result["roles_left_unchanged"]
+    assert {name for name, _ in memberships(live, "p88_writer")} == {"p88_reader", "p88_team"}
+    [skipped] = result["globals_skipped"]
+    assert skipped["statement"].startswith("GRANT p88_team TO p88_reader WITH ADMIN OPTION")
+    assert skipped["reason"] == "it would change the existing role p88_reader"
+    warned = [ln for ln in log_lines(r.stderr) if ln["msg"] == "globals statement not applied"]
+    assert [w["statement"] for w in warned] == [skipped["statement"]]
+    assert live.scalar("SELECT count(*) FROM t", "app") == 100
