@@ -1,16 +1,22 @@
-"""Table tests for the wal-stream spool against the server's timeline history (core.wal.spool),
-and for what a failed pg_receivewal means (core.wal.stream.receivewal_failure)."""
+"""Table tests for the wal-stream spool against the server's timeline history (core.wal.spool), for
+what a failed pg_receivewal means (core.wal.stream.receivewal_failure), and setting spool files aside."""
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from p88backup.core.wal.archive import WalArchive
 from p88backup.core.wal.names import HistoryEntry, classify, parse_lsn, segment_name
 from p88backup.core.wal.spool import SetAside, SpoolPlan, archived_position, caught_up, newest_file, plan_spool
-from p88backup.core.wal.stream import receivewal_failure
+from p88backup.core.wal.stream import WalStreamer, receivewal_failure
 from p88backup.errors import ArchivingError, DatabaseError, ExitCode, PgToolError
+from p88backup.pg.conn import ConnInfo
+from p88backup.storage.memory import MemoryStorage
+from p88backup.stream import make_codec
 
 SEG = 16 * 1024 * 1024
 
@@ -224,3 +230,21 @@ def test_pg_receivewal_failures_have_their_own_exit_codes(stderr: str, error: ty
     exc = receivewal_failure(1, stderr)
     assert type(exc) is error and exc.exit_code == code
     assert stderr in str(exc)
+
+
+def test_setting_aside_never_replaces_an_earlier_file_and_plants_an_empty_seed(tmp_path: Path) -> None:
+    """Set-aside files may be the only copy of their WAL: a second one of the same name gets a suffix."""
+    spool = tmp_path / "spool"
+    (spool / "abandoned").mkdir(parents=True)
+    (spool / "abandoned" / s(1, 7, True)).write_bytes(b"first")
+    (spool / s(1, 7, True)).write_bytes(b"second")
+    streamer = WalStreamer(
+        ConnInfo(), WalArchive(MemoryStorage(uuid.uuid4().hex), make_codec(threads=1)), spool, slot="x"
+    )
+    streamer._apply(plan([s(1, 7, True)], 2, TL2))
+    assert (spool / "abandoned" / s(1, 7, True)).read_bytes() == b"first"
+    assert (spool / "abandoned" / (s(1, 7, True) + ".1")).read_bytes() == b"second"
+    assert not (spool / s(1, 7, True)).exists()
+    assert (spool / s(2, 4, True)).stat().st_size == 0  # pg_receivewal fills an empty file from its start
+    assert streamer.status.set_aside == [s(1, 7, True)]
+    assert streamer.status.streaming_from == "0/4000000 on timeline 2"
