@@ -51,9 +51,12 @@ def run_for_restore_command() -> int:
     the fast path's own status (1 only for "not in the archive"), which
     passes through untouched.
     """
+    failed = 126  # ExitCode.RESTORE_COMMAND_FAILED, should importing the package be what fails
     try:
         from p88backup.cli.main import run
+        from p88backup.errors import ExitCode
 
+        failed = int(ExitCode.RESTORE_COMMAND_FAILED)
         code = run()
     except SystemExit:
         raise
@@ -61,9 +64,9 @@ def run_for_restore_command() -> int:
         import traceback
 
         traceback.print_exc()
-        return 126
+        return failed
     # restore_command: any status below 126 reads as "not in the archive".
-    return code if code == 0 or code >= 126 else 126
+    return code if code == 0 or code >= failed else failed
 
 
 def leave(code: int) -> NoReturn:
