@@ -90,9 +90,14 @@ def split_words(value: str) -> list[str]:
     return [w for w in value.replace(",", " ").split() if w]
 
 
+def _matches(pattern: str, text: str) -> bool:
+    """``^...$`` as pydantic means it: the whole text (Python's ``$`` also allows a final newline)."""
+    return re.fullmatch(pattern.removeprefix("^").removesuffix("$"), text) is not None
+
+
 def parse_duration(text: str) -> float:
     """Seconds in a duration setting such as ``26h``, ``8d``, ``15m``, ``90s`` or ``2w``."""
-    if re.match(DURATION_RE, text) is None:
+    if not _matches(DURATION_RE, text):
         raise ValueError(f"not a duration: {text!r}")
     return float(text[:-1]) * _DURATION_UNITS[text[-1]]
 
@@ -322,7 +327,7 @@ def _value(spec: Setting, loc: tuple[str | int, ...], value: Any, from_env: bool
             raise invalid(loc, "must be a string")
         if kind == "choice" and value not in spec.choices:
             raise invalid(loc, "must be one of " + ", ".join(spec.choices))
-        if spec.pattern is not None and re.match(spec.pattern, value) is None:
+        if spec.pattern is not None and not _matches(spec.pattern, value):
             raise invalid(loc, spec.pattern_help or f"must match {spec.pattern}")
     elif kind == "int":
         if from_env and isinstance(value, str) and _INT_RE.fullmatch(value):

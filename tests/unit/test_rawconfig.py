@@ -179,6 +179,11 @@ BAD: dict[str, tuple[dict[str, str], str, str]] = {
         '[dump]\nformat = "tar"\n',
         "dump.format (env P88_DUMP__FORMAT): must be one of custom, directory",
     ),
+    "a slot name with a line break": (
+        {"P88_WAL__SLOT_NAME": "p88backup\n"},
+        "",
+        "wal.slot_name (env P88_WAL__SLOT_NAME)",
+    ),
     "bad duration": ({}, '[status]\nmax_dump_age = "26 hours"\n', "status.max_dump_age (env P88_STATUS__MAX_DUMP_AGE)"),
     "unknown key in a table, from the environment": (
         {"P88_RETENTION__KEEP_DALY": "3"},
@@ -311,7 +316,7 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["26", "h", "26 h", "-1h", "1y", "", "1h30m"])
+@pytest.mark.parametrize("text", ["26", "h", "26 h", "-1h", "1y", "", "1h30m", "26h\n"])
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
