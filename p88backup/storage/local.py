@@ -112,12 +112,21 @@ class LocalStorage:
             if (self.root / STORAGE_MARKER).exists():
                 return "already"
             had_objects = any(entry.name not in _NOT_DATA for entry in os.scandir(self.root))
+            had_tmp = (self.root / TMP_DIR).exists()
         except OSError as exc:
             raise _os_error(exc, f"cannot initialise {self.url}") from None
         try:
             self._write(STORAGE_MARKER, io.BytesIO(marker), overwrite=False)
         except ObjectExistsError:
             return "already"  # a concurrent init won
+        finally:
+            if not had_tmp:
+                # Leave no temp directory owned by whoever ran init (often root): the writers
+                # (wal-push runs as postgres) make their own.
+                try:
+                    (self.root / TMP_DIR).rmdir()
+                except OSError:
+                    pass
         return "adopted" if had_objects else "initialised"
 
     def _make_root(self) -> None:

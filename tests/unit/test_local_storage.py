@@ -52,7 +52,8 @@ def test_sync_makes_an_existing_object_durable(tmp_path: Path, fsynced: list[str
 def test_init_makes_a_missing_root_durably(tmp_path: Path, fsynced: list[str]) -> None:
     root = tmp_path / "srv" / "p88"
     assert initialise(LocalStorage(root)).outcome == "initialised"
-    assert (root / STORAGE_MARKER).is_file()
+    # only the marker: no temp directory owned by whoever ran init for wal-push to trip over
+    assert [p.name for p in root.iterdir()] == [STORAGE_MARKER]
     # each new directory's entry is synced in its parent, the marker's directory too
     assert {str(tmp_path), str(tmp_path / "srv"), str(root)} <= set(fsynced)
 
