@@ -159,7 +159,7 @@ def test_storage_never_initialised_refuses_every_operation_and_stores_nothing(bl
         "reap_interrupted": lambda: s.reap_interrupted(0),
     }
     for name, op in ops.items():
-        with pytest.raises(StorageNotInitialisedError, match="not initialised.*") as err:
+        with pytest.raises(StorageNotInitialisedError, match="not initialised") as err:
             op()
         assert "p88backup init" in (err.value.hint or ""), name
     # Nothing landed: init finds the storage empty.
