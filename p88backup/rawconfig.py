@@ -44,8 +44,6 @@ from p88backup.errors import ConfigError
 
 ENV_PREFIX = "P88_"
 STORAGE_SCHEMES = ("file", "s3", "memory")
-DURATION_RE = r"^[0-9]+(\.[0-9]+)?[smhdw]$"
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # The spellings pydantic accepts for a bool in a string (environment variables).
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
@@ -95,11 +93,15 @@ def _matches(pattern: str, text: str) -> bool:
     return re.fullmatch(pattern.removeprefix("^").removesuffix("$"), text) is not None
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in a duration setting such as ``26h``, ``8d``, ``15m``, ``90s`` or ``2w``."""
-    if not _matches(DURATION_RE, text):
-        raise ValueError(f"not a duration: {text!r}")
-    return float(text[:-1]) * _DURATION_UNITS[text[-1]]
+def check_duration(value: str) -> str | None:
+    """Durations are read by :func:`p88backup.times.parse_duration`, like every duration typed."""
+    from p88backup.times import TimeFormatError, parse_duration  # only when one is configured
+
+    try:
+        parse_duration(value)
+    except TimeFormatError:
+        return "must be a duration like 15m, 26h, 8d or 1d12h"
+    return None
 
 
 # -- the schema -----------------------------------------------------------------
@@ -164,9 +166,7 @@ def _tmp(name: str) -> Callable[[], Path]:
 
 
 def _duration(name: str) -> Setting:
-    return Setting(
-        name, "str", nullable=True, pattern=DURATION_RE, pattern_help="must be a duration like 26h, 8d, 15m or 90s"
-    )
+    return Setting(name, "str", nullable=True, check=check_duration)
 
 
 SCHEMA = Table(

@@ -125,15 +125,22 @@ class ScheduleSettings(_Table):
 class StatusSettings(_Table):
     """``status`` exits non-zero past these ages (``26h``, ``8d``, ``15m``); unset: not checked."""
 
-    max_dump_age: str | None = Field(None, pattern=rawconfig.DURATION_RE)
-    max_basebackup_age: str | None = Field(None, pattern=rawconfig.DURATION_RE)
-    max_wal_age: str | None = Field(None, pattern=rawconfig.DURATION_RE)
-    max_drill_age: str | None = Field(None, pattern=rawconfig.DURATION_RE)
+    max_dump_age: str | None = None
+    max_basebackup_age: str | None = None
+    max_wal_age: str | None = None
+    max_drill_age: str | None = None
+
+    @field_validator("max_dump_age", "max_basebackup_age", "max_wal_age", "max_drill_age")
+    @classmethod
+    def _check_duration(cls, v: str | None) -> str | None:
+        return v if v is None else _checked(rawconfig.check_duration, v)
 
     def seconds(self, name: str) -> float | None:
         """A threshold in seconds (``seconds("max_dump_age")``), or None when unset."""
+        from p88backup.times import parse_duration
+
         value = getattr(self, name)
-        return None if value is None else rawconfig.parse_duration(value)
+        return None if value is None else parse_duration(value).total_seconds()
 
 
 class _ContractSource(PydanticBaseSettingsSource):
