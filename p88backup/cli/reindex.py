@@ -47,7 +47,7 @@ def reindex_cmd(
     then moves the alias in one atomic step; the previous index is kept for
     --rollback. A failure leaves the alias where it was.
 
-    \\b
+    \b
       p88backup reindex                       rebuild every configured index
       p88backup reindex --index documents --dry-run
       p88backup reindex --index documents --since 2026-11-27T02:00:00Z
