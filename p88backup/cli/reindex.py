@@ -59,9 +59,16 @@ def reindex_cmd(
     from p88backup.errors import ConfigError
     from p88backup.locks import job_lock
     from p88backup.search.client import Search
-    from p88backup.search.reindex import IndexDefinition, Reindexer, ReindexOptions, parse_since
+    from p88backup.search.definition import IndexDefinition
+    from p88backup.search.reindex import Reindexer, ReindexOptions
+    from p88backup.search.source import PgSource
+    from p88backup.times import TimeFormatError, parse_time
 
     s = app.settings
+    try:
+        when = parse_time(since) if since is not None else None
+    except TimeFormatError as exc:
+        raise ConfigError(f"--since: {exc}") from None
     if not s.opensearch_url:
         raise ConfigError("no OpenSearch configured", hint="set P88_OPENSEARCH_URL=http://search:9200")
     defs = {d.index: d for d in s.reindex}
@@ -71,30 +78,38 @@ def reindex_cmd(
         known = ", ".join(defs) or "none"
         raise ConfigError(f"no [[reindex]] definition for {', '.join(unknown) or 'any index'} (configured: {known})")
     search = Search(s.opensearch_url, retry_deadline=s.retry_deadline_seconds)
-    when = parse_since(since) if since else None
+    options = ReindexOptions(
+        chunk_bytes=int(chunk_mb * 1024 * 1024),
+        concurrency=concurrency,
+        keep_failed=keep_failed,
+        rejected_deadline=s.retry_deadline_seconds,
+    )
     results = []
-    for name in wanted:
-        d = defs[name]
-        definition = IndexDefinition.load(d.index, d.query, d.id_column, d.updated_at_column, d.mappings, d.settings)
-        options = ReindexOptions(
-            chunk_bytes=int(chunk_mb * 1024 * 1024), concurrency=concurrency, keep_failed=keep_failed
-        )
-        with job_lock(s.lock_dir, f"reindex-{name}", wait=wait):
-            from p88backup.cli.progress import item_progress
+    try:
+        for name in wanted:
+            d = defs[name]
+            definition = IndexDefinition.load(
+                d.index, d.query, d.id_column, d.updated_at_column, d.mappings, d.settings
+            )
+            source = PgSource(app.conninfo, definition, fetch_rows=options.fetch_rows)
+            with job_lock(s.lock_dir, f"reindex-{name}", wait=wait):
+                from p88backup.cli.progress import item_progress
 
-            with item_progress(f"reindex {name}") as progress:
-                r = Reindexer(app.conninfo, search, definition, options, progress=progress)
-                if rollback:
-                    result = r.rollback()
-                elif when is not None:
-                    result = r.since(when)
-                else:
-                    result = r.full(dry_run=dry_run)
-        data = asdict(result) | {"docs_per_second": result.docs_per_second}
-        log.info("reindex finished" if not dry_run else "reindex plan", extra={"p88": data})
-        results.append(data)
-        if not as_json:
-            click.echo(_describe(result))
+                with item_progress(f"reindex {name}") as progress:
+                    r = Reindexer(search, source, definition, options, progress=progress)
+                    if rollback:
+                        result = r.rollback()
+                    elif when is not None:
+                        result = r.since(when)
+                    else:
+                        result = r.full(dry_run=dry_run)
+            data = asdict(result) | {"docs_per_second": result.docs_per_second}
+            log.info("reindex finished" if not dry_run else "reindex plan", extra={"p88": data})
+            results.append(data)
+            if not as_json:
+                click.echo(_describe(result))
+    finally:
+        search.close()
     if as_json:
         render.emit_json(results if len(results) > 1 else results[0])
 
@@ -107,11 +122,19 @@ def _describe(r: object) -> str:
         return f"{r.alias}: alias moved back to {r.index} (was {r.previous})"
     if r.mode == "since":
         return f"{r.alias}: {r.actions} changed rows upserted into {r.index} in {render.human_duration(r.seconds)}"
+    deleted = ", ".join(r.deleted)
     if r.dry_run:
-        return f"{r.alias}: would build {r.index} from {r.rows} rows, then move the alias from {r.previous or '-'}" + (
-            f"; would delete {', '.join(r.deleted)}" if r.deleted else ""
+        if r.migrated:
+            then = f"replace the plain index {r.alias} by the alias (its data kept as {r.previous})"
+        else:
+            then = f"move the alias from {r.previous or '-'}"
+        return f"{r.alias}: would build {r.index} from {r.rows} rows, then {then}" + (
+            f"; would delete {deleted}" if deleted else ""
         )
-    return (
-        f"{r.alias}: {r.actions} documents into {r.index} ({r.docs_per_second:.0f} docs/s), alias moved from "
-        f"{r.previous or '-'}" + (f"; deleted {', '.join(r.deleted)}" if r.deleted else "")
+    if r.migrated:
+        moved = f"the plain index {r.alias} replaced by the alias (its data kept as {r.previous})"
+    else:
+        moved = f"alias moved from {r.previous or '-'}"
+    return f"{r.alias}: {r.actions} documents into {r.index} ({r.docs_per_second:.0f} docs/s), {moved}" + (
+        f"; deleted {deleted}" if deleted else ""
     )

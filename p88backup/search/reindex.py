@@ -5,9 +5,9 @@ Full rebuild, for an alias ``NAME`` that clients query:
 1. create ``NAME-<utc stamp>`` with the configured mappings, refresh off and
    no replicas (marked incomplete in its mapping ``_meta``);
 2. stream the rows of the configured query from one repeatable-read
-   snapshot (a server-side cursor; PostgreSQL renders each row as JSON) into
-   bounded ``_bulk`` requests, a few in flight; rejected items (HTTP 429) are
-   sent again with backoff, any other item error aborts the run;
+   snapshot (:mod:`p88backup.search.source`) into bounded ``_bulk``
+   requests, a few in flight; rejected items (HTTP 429) are sent again with
+   backoff, any other item error aborts the run;
 3. restore refresh and replicas, refresh, and compare ``_count`` with the
    snapshot's row count;
 4. mark the index complete and move the alias in one atomic ``_aliases``
@@ -15,67 +15,42 @@ Full rebuild, for an alias ``NAME`` that clients query:
 
 A failed run never touches the alias: searches keep hitting the old index.
 ``--since`` upserts rows changed since a time into the live index instead.
+
+Every decision (names, what the swap does, what is kept and deleted, where
+rollback and ``--since`` go) is made by :mod:`p88backup.search.plan` from
+what the :class:`~p88backup.search.adapter.SearchAdapter` reports; this
+module carries the plans out, through the adapter only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
-from p88backup.errors import ConfigError, DatabaseError, SearchError
-from p88backup.pg.conn import ConnInfo, first_line
-from p88backup.search.client import Search
+from p88backup.errors import ConfigError, SearchError
+from p88backup.search.adapter import BulkFailure, SearchAdapter
+from p88backup.search.definition import IndexDefinition, flat_settings
+from p88backup.search.plan import (
+    META_KEY,
+    AliasState,
+    FullPlan,
+    build_settings,
+    final_settings,
+    is_ours,
+    plan_full,
+    plan_rollback,
+    since_target,
+)
+from p88backup.search.source import DocumentSource
 
 log = logging.getLogger(__name__)
-META_KEY = "p88backup"
 REJECTED = ("rejected_execution_exception", "es_rejected_execution_exception")
-
-
-@dataclass
-class IndexDefinition:
-    alias: str
-    query: str
-    id_column: str = "id"
-    updated_at_column: str | None = None
-    mappings: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def load(
-        cls,
-        alias: str,
-        query: str,
-        id_column: str,
-        updated_at_column: str | None,
-        mappings_file: Path | None,
-        settings_file: Path | None,
-    ) -> IndexDefinition:
-        def read(path: Path | None) -> dict[str, Any]:
-            if path is None:
-                return {}
-            try:
-                doc = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"cannot read {path}: {exc}") from None
-            if not isinstance(doc, dict):
-                raise ConfigError(f"{path} must hold a JSON object")
-            return doc
-
-        mappings, settings = read(mappings_file), read(settings_file)
-        if "mappings" in mappings or "settings" in mappings:  # a whole create-index body
-            settings = {**mappings.get("settings", {}), **settings}
-            mappings = mappings.get("mappings", {})
-        return cls(alias, query, id_column, updated_at_column, mappings, settings)
 
 
 @dataclass
@@ -85,6 +60,8 @@ class ReindexOptions:
     fetch_rows: int = 5000
     keep_failed: bool = False
     max_errors_shown: int = 5
+    rejected_deadline: float = 120.0
+    """How long items the node keeps rejecting (429) are resent without any getting through."""
 
 
 @dataclass
@@ -100,172 +77,95 @@ class ReindexResult:
     deleted: list[str] = field(default_factory=list)
     seconds: float = 0.0
     dry_run: bool = False
+    migrated: bool = False
+    """The alias's name was a plain index, replaced by the alias (its data kept as ``previous``)."""
 
     @property
     def docs_per_second(self) -> float:
         return round(self.actions / self.seconds, 1) if self.seconds else 0.0
 
 
-def _flat(settings: dict[str, Any]) -> dict[str, Any]:
-    """{"index": {"a": 1}} or {"index.a": 1} or {"a": 1} -> {"a": 1} (index-level keys)."""
-    out: dict[str, Any] = {}
-    for k, v in settings.items():
-        if k == "index" and isinstance(v, dict):
-            out.update(_flat(v))
-        else:
-            out[k.removeprefix("index.")] = v
-    return out
-
-
 class BulkFailed(SearchError):
     pass
+
+
+def split_failures(failures: Sequence[BulkFailure]) -> tuple[list[int], list[BulkFailure]]:
+    """Positions to send again (the node was busy: 429) and the items that failed for good."""
+    rejected = [f.position for f in failures if f.status == 429 or f.type in REJECTED]
+    failed = [f for f in failures if not (f.status == 429 or f.type in REJECTED)]
+    return rejected, failed
+
+
+def describe_failures(failed: Sequence[BulkFailure], shown: int) -> str:
+    parts = [f"id {f.id}: {f.type}: {f.reason}" + (f" ({f.cause})" if f.cause else "") for f in failed[:shown]]
+    return f"{len(failed)} documents were rejected: " + "; ".join(parts)
 
 
 class Reindexer:
     def __init__(
         self,
-        ci: ConnInfo,
-        search: Search,
+        search: SearchAdapter,
+        source: DocumentSource,
         definition: IndexDefinition,
         options: ReindexOptions | None = None,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         progress: Callable[[int], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.ci, self.search, self.d = ci, search, definition
+        self.search, self.source, self.d = search, source, definition
         self.opt = options or ReindexOptions()
-        self.clock, self.progress, self.sleep = clock, progress, sleep
+        self.clock, self.progress, self.sleep, self.monotonic = clock, progress, sleep, monotonic
         self.rejected_retries = 0
 
-    # -- naming ---------------------------------------------------------------
+    # -- what OpenSearch holds ------------------------------------------------
 
-    def _ours(self) -> dict[str, dict[str, Any]]:
-        """Indices built for this alias (ours by name), with their _meta and settings."""
-        pattern = re.compile(rf"^{re.escape(self.d.alias)}-(legacy-)?(\d{{8}}t\d{{6}}z)(-\d+)?$")
-        return {n: v for n, v in self.search.indices(f"{self.d.alias}-*").items() if pattern.match(n)}
-
-    @staticmethod
-    def _age_key(name: str) -> tuple[str, int]:
-        """Build time order of our index names: the stamp, then -N; a legacy clone
-        predates the index built in the same run."""
-        m = re.search(r"(\d{8}t\d{6}z)(?:-(\d+))?$", name)
-        if not m:
-            return ("", 0)
-        return (m.group(1), 0 if "-legacy-" in name else int(m.group(2) or 1))
-
-    def _new_name(self, taken: set[str]) -> str:
-        base = f"{self.d.alias}-{self.clock().strftime('%Y%m%dt%H%M%Sz')}"
-        name, n = base, 1
-        while name in taken:
-            n += 1
-            name = f"{base}-{n}"
-        return name
-
-    # -- PostgreSQL -----------------------------------------------------------
-
-    def _sql(self, since: bool) -> Any:
-        from psycopg import sql
-
-        # PostgreSQL renders each whole _bulk item (action line + document): far cheaper there
-        # than per-row JSON work in Python. A NULL id makes the item NULL.
-        text = sql.SQL(
-            "SELECT '{{\"index\":{{\"_id\":' || to_json(({id})::text)::text || E'}}}}\\n'"
-            " || row_to_json(q)::text || E'\\n' FROM ({query}) q"
-        ).format(
-            id=sql.SQL("q.") + sql.Identifier(self.d.id_column),
-            # with a parameter (--since) psycopg reads % as a placeholder: a LIKE '%x' must survive
-            query=sql.SQL(self.d.query.replace("%", "%%") if since else self.d.query),
-        )
-        if since:
-            if not self.d.updated_at_column:
-                raise ConfigError(f"index {self.d.alias!r} has no updated_at_column: --since needs one")
-            text += sql.SQL(" WHERE q.") + sql.Identifier(self.d.updated_at_column) + sql.SQL(" >= %s")
-        return text
-
-    def _count_sql(self) -> Any:
-        from psycopg import sql
-
-        return sql.SQL("SELECT count(*) FROM ({query}) q").format(query=sql.SQL(self.d.query))
-
-    def _snapshot(self) -> Any:
-        conn = self.ci.connect(autocommit=False)
-        try:
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        except Exception as exc:
-            conn.close()
-            raise DatabaseError(f"cannot open a snapshot: {first_line(exc)}") from None
-        return conn
-
-    def _rows(self, conn: Any, since: datetime | None) -> Iterator[tuple[bytes | None]]:
-        from psycopg.adapt import Loader
-
-        class RawText(Loader):
-            """Items stay the UTF-8 bytes the server sent: no decode here, no encode to post."""
-
-            def load(self, data: Any) -> bytes:
-                return bytes(data)
-
-        try:
-            with conn.cursor(name="p88reindex") as cur:
-                cur.adapters.register_loader("text", RawText)
-                cur.itersize = self.opt.fetch_rows
-                cur.execute(self._sql(since is not None), (since,) if since is not None else None)
-                yield from cur
-        except (SearchError, ConfigError):
-            raise
-        except Exception as exc:
-            if type(exc).__module__.startswith("psycopg"):
-                raise DatabaseError(f"reading rows for {self.d.alias}: {first_line(exc)}") from None
-            raise
+    def state(self) -> AliasState:
+        alias = self.d.alias
+        live = tuple(self.search.alias_targets(alias))
+        concrete = not live and self.search.is_concrete_index(alias)
+        infos = {n: i for n, i in self.search.indices(f"{alias}-*").items() if is_ours(alias, n)}
+        # The live or plain indices too (their settings carry over), whatever their names.
+        for name in [alias] if concrete else live:
+            if name not in infos:
+                infos.update(self.search.indices(name))
+        return AliasState(alias, live, concrete, infos)
 
     # -- bulk -----------------------------------------------------------------
 
-    def _chunks(self, rows: Iterator[tuple[bytes | None]]) -> Iterator[list[bytes]]:
+    def _chunks(self, items: Iterator[bytes | None]) -> Iterator[list[bytes]]:
         """Bulk bodies as lists of items (action line + document line), bounded in size."""
-        items: list[bytes] = []
+        chunk: list[bytes] = []
         size = 0
-        for (item,) in rows:
+        for item in items:
             if item is None:
                 raise SearchError(f"a row of {self.d.alias}'s query has a NULL {self.d.id_column}")
-            items.append(item)
+            chunk.append(item)
             size += len(item)
             if size >= self.opt.chunk_bytes:
-                yield items
-                items, size = [], 0
-        if items:
-            yield items
+                yield chunk
+                chunk, size = [], 0
+        if chunk:
+            yield chunk
 
     def _post(self, items: list[bytes], target: str) -> int:
         """Send one bulk body; resend rejected (429) items with backoff. Returns items indexed."""
         pending = items
         delay = 0.2
-        deadline = time.monotonic() + self.search.retry_deadline
+        deadline = self.monotonic() + self.opt.rejected_deadline
         while True:
-            resp = self._bulk(b"".join(pending), target)
-            if not resp.get("errors"):
+            failures = self.search.bulk(target, b"".join(pending))
+            if not failures:
                 return len(items)
-            rejected, failed = [], []
-            for item, result in zip(pending, resp.get("items", []), strict=False):
-                r = next(iter(result.values()))
-                if r.get("status", 200) < 300:
-                    continue
-                err = r.get("error") or {}
-                if r.get("status") == 429 or err.get("type") in REJECTED:
-                    rejected.append(item)
-                else:
-                    failed.append((r.get("_id"), err.get("type"), err.get("reason"), err.get("caused_by", {})))
+            rejected, failed = split_failures(failures)
             if failed:
-                shown = "; ".join(
-                    f"id {i}: {t}: {reason}" + (f" ({c.get('reason')})" if c.get("reason") else "")
-                    for i, t, reason, c in failed[: self.opt.max_errors_shown]
-                )
-                raise BulkFailed(f"{len(failed)} documents were rejected: {shown}")
+                raise BulkFailed(describe_failures(failed, self.opt.max_errors_shown))
             if len(rejected) < len(pending):  # progress: the node is busy, not stuck
-                deadline = time.monotonic() + self.search.retry_deadline
+                deadline = self.monotonic() + self.opt.rejected_deadline
                 delay = max(0.2, delay / 2)
-            elif time.monotonic() > deadline:
-                raise SearchError(f"OpenSearch kept rejecting writes (429) for {self.search.retry_deadline:.0f}s")
+            elif self.monotonic() > deadline:
+                raise SearchError(f"OpenSearch kept rejecting writes (429) for {self.opt.rejected_deadline:.0f}s")
             self.rejected_retries += 1
             log.warning(
                 "OpenSearch is busy (429), resending rejected documents",
@@ -273,14 +173,10 @@ class Reindexer:
             )
             self.sleep(delay)
             delay = min(delay * 2, 10.0)
-            pending = rejected
+            pending = [pending[i] for i in rejected]
 
-    def _bulk(self, body: bytes, target: str) -> Any:
-        params = {"filter_path": "errors,items.*.status,items.*.error,items.*._id"}
-        return self.search.call("bulk", lambda: self.search.client.bulk(body=body, index=target, params=params))
-
-    def _load(self, rows: Iterator[tuple[bytes | None]], target: str) -> int:
-        """Stream rows into ``target``, a few bulk requests in flight; returns actions sent."""
+    def _load(self, items: Iterator[bytes | None], target: str) -> int:
+        """Stream items into ``target``, a few bulk requests in flight; returns actions sent."""
         # Bounded: at most `concurrency` bodies wait while as many are in flight.
         chunks: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=self.opt.concurrency)
         stop = threading.Event()
@@ -288,7 +184,7 @@ class Reindexer:
 
         def produce() -> None:
             try:
-                for chunk in self._chunks(rows):
+                for chunk in self._chunks(items):
                     while not stop.is_set():
                         try:
                             chunks.put(chunk, timeout=0.5)
@@ -348,69 +244,51 @@ class Reindexer:
 
     def full(self, *, dry_run: bool = False) -> ReindexResult:
         t0 = time.monotonic()
-        alias = self.d.alias
-        result = ReindexResult(alias, "full", dry_run=dry_run)
-        concrete = self.search.is_concrete_index(alias)
-        live = [] if concrete else self.search.alias_targets(alias)
-        ours = self._ours()
-        new = self._new_name(set(ours) | set(live))
-        result.index, result.previous = new, (alias if concrete else (live[0] if live else None))
-        conn = self._snapshot()
-        try:
-            result.rows = int(conn.execute(self._count_sql()).fetchone()[0])
+        plan = plan_full(self.state(), self.clock())
+        result = ReindexResult(
+            self.d.alias,
+            "full",
+            index=plan.new,
+            previous=plan.previous,
+            deleted=list(plan.delete),
+            dry_run=dry_run,
+            migrated=plan.legacy is not None,
+        )
+        with self.source.snapshot() as snap:
+            result.rows = snap.count()
             if dry_run:
-                result.deleted = self._to_delete(ours, keep={new, *(live or [])})
-                conn.rollback()
                 return result
-            self._create(new)
+            self._create(plan.new)
             try:
-                result.actions = self._load(self._rows(conn, None), new)
-                result.count = self._finish(new, live, ours, result.rows)
+                result.actions = self._load(snap.items(None), plan.new)
+                result.count = self._finish(plan, result.rows)
             except BaseException:
-                self._drop_failed(new)
+                self._drop_failed(plan.new)
                 raise
-        finally:
-            try:
-                conn.rollback()
-            except Exception:
-                pass
-            conn.close()
         result.rejected_retries = self.rejected_retries
-        if concrete:
-            legacy = self._migrate_concrete(new, new.removeprefix(alias + "-"))
-            result.previous = legacy
-        else:
-            self._swap(new, live)
-        keep = {new} | ({result.previous} if result.previous else set())
-        result.deleted = self._to_delete(self._ours(), keep=keep)
-        for name in result.deleted:
-            self._delete(name)
+        self._switch(plan)
+        # Older versions go only once the alias has left them; planned from the listing taken
+        # before the run, so an index that appeared meanwhile (someone else's) is never touched.
+        for name in plan.delete:
+            self.search.delete_index(name)
+            log.info("deleted an older version", extra={"p88": {"index": name, "alias": self.d.alias}})
         result.seconds = round(time.monotonic() - t0, 2)
         return result
 
     def _create(self, name: str) -> None:
-        index_settings = {**_flat(self.d.settings), "refresh_interval": "-1", "number_of_replicas": 0}
         mappings = dict(self.d.mappings)
         mappings["_meta"] = {
             **mappings.get("_meta", {}),
             META_KEY: {"alias": self.d.alias, "complete": False, "started_at": self.clock().isoformat()},
         }
-        body = {"settings": {"index": index_settings}, "mappings": mappings}
-        self.search.call(f"create {name}", lambda: self.search.client.indices.create(index=name, body=body))
+        self.search.create_index(name, settings=build_settings(flat_settings(self.d.settings)), mappings=mappings)
         log.info("index created", extra={"p88": {"index": name, "alias": self.d.alias}})
 
-    def _finish(self, name: str, live: list[str], ours: dict[str, dict[str, Any]], rows: int) -> int:
+    def _finish(self, plan: FullPlan, rows: int) -> int:
         """Settings back, refresh, count check, mark complete. Returns the count."""
-        wanted = _flat(self.d.settings)
-        previous = ours.get(live[0], {}).get("settings", {}) if live else {}
-        final = {
-            "refresh_interval": wanted.get("refresh_interval", previous.get("refresh_interval")),
-            "number_of_replicas": wanted.get("number_of_replicas", previous.get("number_of_replicas")),
-        }
-        self.search.call(
-            f"settings {name}", lambda: self.search.client.indices.put_settings(index=name, body={"index": final})
-        )
-        self.search.call(f"refresh {name}", lambda: self.search.client.indices.refresh(index=name))
+        name = plan.new
+        self.search.put_settings(name, final_settings(flat_settings(self.d.settings), plan.previous_settings))
+        self.search.refresh(name)
         count = self.search.count(name)
         if count != rows:
             raise SearchError(
@@ -420,55 +298,98 @@ class Reindexer:
         meta = {
             META_KEY: {"alias": self.d.alias, "complete": True, "rows": rows, "finished_at": self.clock().isoformat()}
         }
-        self.search.call(
-            f"mark {name} complete",
-            lambda: self.search.client.indices.put_mapping(
-                index=name, body={"_meta": {**self.d.mappings.get("_meta", {}), **meta}}
-            ),
-        )
+        self.search.put_meta(name, {**self.d.mappings.get("_meta", {}), **meta})
         return count
 
-    def _swap(self, new: str, live: list[str]) -> None:
-        actions: list[dict[str, Any]] = [{"add": {"index": new, "alias": self.d.alias}}]
-        actions += [{"remove": {"index": old, "alias": self.d.alias}} for old in live]
-        self.search.call("move alias", lambda: self.search.client.indices.update_aliases(body={"actions": actions}))
-        log.info("alias moved", extra={"p88": {"alias": self.d.alias, "to": new, "from": live}})
+    def _switch(self, plan: FullPlan) -> None:
+        """Move the alias to the new index (replacing a plain index by it when migrating).
 
-    def _migrate_concrete(self, new: str, stamp: str) -> str:
-        """First run where NAME is a plain index: keep a clone for rollback, then swap atomically."""
-        alias = self.d.alias
-        legacy = f"{alias}-legacy-{stamp}"
-        c = self.search.client
-        self.search.call("block writes", lambda: c.indices.put_settings(index=alias, body={"index.blocks.write": True}))
-        self.search.call(
-            "clone", lambda: c.indices.clone(index=alias, target=legacy, params={"wait_for_active_shards": "1"})
-        )
-        self.search.call(
-            "unblock clone", lambda: c.indices.put_settings(index=legacy, body={"index.blocks.write": None})
-        )
+        If that fails, what happens next depends on where the alias is: an answer lost after
+        OpenSearch applied the call is success; if the alias did not move, the new index is
+        dropped (and a migration undone); if nobody can tell, everything is kept.
+        """
+        try:
+            if plan.legacy:
+                self._prepare_migration(plan.alias, plan.legacy)
+            self.search.update_aliases(plan.swap)
+        except BaseException as exc:
+            moved = self._alias_at(plan.new)
+            if moved and isinstance(exc, SearchError):
+                log.warning(
+                    "the alias moved although OpenSearch answered with an error",
+                    extra={"p88": {"alias": plan.alias, "to": plan.new, "error": str(exc)}},
+                )
+                self._log_moved(plan)
+                return
+            if moved is False:
+                if plan.legacy:
+                    self._undo_migration(plan.alias, plan.legacy)
+                self._drop_failed(plan.new)
+            elif moved is None:
+                log.warning(
+                    "cannot tell whether the alias moved: kept every index",
+                    extra={"p88": {"alias": plan.alias, "new": plan.new}},
+                )
+            raise
+        self._log_moved(plan)
+
+    def _log_moved(self, plan: FullPlan) -> None:
+        if plan.legacy:
+            log.info(
+                "plain index replaced by an alias",
+                extra={"p88": {"alias": plan.alias, "to": plan.new, "kept_as": plan.legacy}},
+            )
+        else:
+            log.info("alias moved", extra={"p88": {"alias": plan.alias, "to": plan.new, "from": plan.previous}})
+
+    def _alias_at(self, index: str) -> bool | None:
+        """Does the alias point to ``index`` now? None if OpenSearch cannot say."""
+        try:
+            return index in self.search.alias_targets(self.d.alias)
+        except SearchError:
+            return None
+
+    def _prepare_migration(self, alias: str, legacy: str) -> None:
+        """First run where NAME is a plain index: keep a clone of it for rollback."""
+        # The clone must not miss a write: the application's writes to the plain index fail
+        # from here until the alias replaces it (a few seconds).
+        self.search.put_settings(alias, {"blocks.write": True})
+        self.search.clone_index(alias, legacy)
+        self.search.put_settings(legacy, {"blocks.write": None})
         # One request: the alias appears as the index disappears, so no search finds nothing;
         # a search in flight on the old index at that instant may still fail once (503).
         log.warning(
             "replacing the plain index by an alias; in-flight searches may fail once",
             extra={"p88": {"index": alias, "kept_as": legacy}},
         )
-        actions = [{"add": {"index": new, "alias": alias}}, {"remove_index": {"index": alias}}]
-        self.search.call("replace index by alias", lambda: c.indices.update_aliases(body={"actions": actions}))
-        log.info("plain index replaced by an alias", extra={"p88": {"alias": alias, "to": new, "kept_as": legacy}})
-        return legacy
 
-    def _to_delete(self, ours: dict[str, dict[str, Any]], keep: set[str]) -> list[str]:
-        return sorted(n for n in ours if n not in keep)
-
-    def _delete(self, name: str) -> None:
-        self.search.call(f"delete {name}", lambda: self.search.client.indices.delete(index=name))
+    def _undo_migration(self, alias: str, legacy: str) -> None:
+        """The plain index is still the live one: let the application write to it again."""
+        try:
+            self.search.put_settings(alias, {"blocks.write": None})
+        except SearchError as exc:
+            log.error(
+                "the plain index is still write-blocked: unblock it by hand",
+                extra={
+                    "p88": {
+                        "index": alias,
+                        "error": str(exc),
+                        "how": f'PUT /{alias}/_settings {{"index.blocks.write": null}}',
+                    }
+                },
+            )
+        try:
+            if self.search.indices(legacy):  # the clone may not have been made
+                self.search.delete_index(legacy)
+        except SearchError as exc:
+            log.warning("could not delete the clone", extra={"p88": {"index": legacy, "error": str(exc)}})
 
     def _drop_failed(self, name: str) -> None:
         if self.opt.keep_failed:
             log.warning("kept the failed index for inspection (--keep-failed)", extra={"p88": {"index": name}})
             return
         try:
-            self._delete(name)
+            self.search.delete_index(name)
             log.info("deleted the half-built index", extra={"p88": {"index": name}})
         except SearchError as exc:
             log.warning(
@@ -479,51 +400,21 @@ class Reindexer:
     def since(self, when: datetime) -> ReindexResult:
         """Upsert rows changed since ``when`` into the live index (idempotent)."""
         t0 = time.monotonic()
-        live = self.search.alias_targets(self.d.alias)
-        if len(live) != 1:
-            raise SearchError(
-                f"alias {self.d.alias!r} must point to one index for --since (found {live or 'none'})",
-                hint="run a full reindex first",
-            )
-        result = ReindexResult(self.d.alias, "since", index=live[0])
-        conn = self._snapshot()
-        try:
-            result.actions = self._load(self._rows(conn, when), live[0])
-        finally:
-            conn.rollback()
-            conn.close()
+        if not self.d.updated_at_column:
+            raise ConfigError(f"index {self.d.alias!r} has no updated_at_column: --since needs one")
+        target = since_target(self.state())
+        result = ReindexResult(self.d.alias, "since", index=target)
+        with self.source.snapshot() as snap:
+            result.actions = self._load(snap.items(when), target)
         result.rows = result.actions
-        self.search.call("refresh", lambda: self.search.client.indices.refresh(index=live[0]))
+        self.search.refresh(target)
         result.rejected_retries = self.rejected_retries
         result.seconds = round(time.monotonic() - t0, 2)
         return result
 
     def rollback(self) -> ReindexResult:
         """Point the alias back at the newest complete index older than the live one."""
-        live = self.search.alias_targets(self.d.alias)
-        if len(live) != 1:
-            raise SearchError(f"alias {self.d.alias!r} points to {live or 'nothing'}; nothing to roll back")
-        ours = self._ours()
-        older = sorted(
-            (
-                n
-                for n, v in ours.items()
-                if self._age_key(n) < self._age_key(live[0])
-                and (v["meta"].get(META_KEY, {}).get("complete") or "-legacy-" in n)
-            ),
-            key=self._age_key,
-        )
-        if not older:
-            raise SearchError(f"no earlier complete index of {self.d.alias!r} to roll back to")
-        self._swap(older[-1], live)
-        return ReindexResult(self.d.alias, "rollback", index=older[-1], previous=live[0])
-
-
-def parse_since(text: str) -> datetime:
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"--since {text!r}: expected an ISO-8601 time with zone") from None
-    if when.tzinfo is None:
-        raise ConfigError(f"--since {text!r} has no time zone (add +00:00 or Z)")
-    return when
+        plan = plan_rollback(self.state())
+        self.search.update_aliases(plan.swap)
+        log.info("alias moved back", extra={"p88": {"alias": plan.alias, "to": plan.target, "from": plan.current}})
+        return ReindexResult(self.d.alias, "rollback", index=plan.target, previous=plan.current)

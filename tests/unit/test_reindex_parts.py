@@ -1,21 +1,23 @@
+"""Reindex's definition files and the SQL that renders rows as bulk items (no servers)."""
+
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from p88backup.errors import ConfigError
-from p88backup.search.reindex import IndexDefinition, Reindexer, _flat, parse_since
+from p88backup.search.definition import IndexDefinition, flat_settings
+from p88backup.search.source import count_sql, items_sql
 
 
 def test_flat_settings() -> None:
-    assert _flat({"index": {"number_of_shards": 3, "refresh_interval": "5s"}}) == {
+    assert flat_settings({"index": {"number_of_shards": 3, "refresh_interval": "5s"}}) == {
         "number_of_shards": 3,
         "refresh_interval": "5s",
     }
-    assert _flat({"index.number_of_replicas": 0, "analysis": {"x": 1}}) == {
+    assert flat_settings({"index.number_of_replicas": 0, "analysis": {"x": 1}}) == {
         "number_of_replicas": 0,
         "analysis": {"x": 1},
     }
@@ -32,26 +34,35 @@ def test_definition_accepts_bare_mappings_or_a_create_body(tmp_path: Path) -> No
     assert d.settings == {"number_of_shards": 2} and d.mappings == {"properties": {}}
     with pytest.raises(ConfigError, match="cannot read"):
         IndexDefinition.load("docs", "SELECT 1", "id", None, tmp_path / "missing.json", None)
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(ConfigError, match="must hold a JSON object"):
+        IndexDefinition.load("docs", "SELECT 1", "id", None, tmp_path / "list.json", None)
 
 
-def test_parse_since() -> None:
-    assert parse_since("2026-11-27T02:00:00Z") == datetime(2026, 11, 27, 2, tzinfo=UTC)
-    with pytest.raises(ConfigError, match="no time zone"):
-        parse_since("2026-11-27T02:00:00")
-    with pytest.raises(ConfigError, match="ISO-8601"):
-        parse_since("last tuesday")
+QUERY = "SELECT id, title FROM documents WHERE title LIKE 'a%'"
+ITEM = (
+    'SELECT \'{"index":{"_id":\' || to_json((q."Doc Id")::text)::text || E\'}}\\n\''
+    " || row_to_json(q)::text || E'\\n' FROM (QUERY) q"
+)
 
 
-def test_index_names_order_by_build_time() -> None:
-    names = [
-        "docs-20261127t020000z-2",
-        "docs-20261126t020000z",
-        "docs-legacy-20261127t020000z",
-        "docs-20261127t020000z",
-    ]
-    assert sorted(names, key=Reindexer._age_key) == [
-        "docs-20261126t020000z",
-        "docs-legacy-20261127t020000z",
-        "docs-20261127t020000z",
-        "docs-20261127t020000z-2",
-    ]
+@pytest.mark.parametrize(
+    ("since", "expected"),
+    [
+        (False, ITEM.replace("QUERY", QUERY)),
+        # --since: a parameter, so a literal % in the query is doubled (psycopg would read a placeholder)
+        (True, ITEM.replace("QUERY", QUERY.replace("%", "%%")) + ' WHERE q."changed at" >= %s'),
+    ],
+)
+def test_items_sql(since: bool, expected: str) -> None:
+    d = IndexDefinition("docs", QUERY, "Doc Id", "changed at")
+    assert items_sql(d, since=since).as_string(None) == expected
+
+
+def test_items_sql_since_needs_the_column() -> None:
+    with pytest.raises(ConfigError, match="no updated_at_column"):
+        items_sql(IndexDefinition("docs", QUERY), since=True)
+
+
+def test_count_sql_counts_the_same_query() -> None:
+    assert count_sql(IndexDefinition("docs", QUERY)).as_string(None) == f"SELECT count(*) FROM ({QUERY}) q"
