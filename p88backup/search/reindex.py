@@ -187,7 +187,7 @@ class Reindexer:
                 for chunk in self._chunks(items):
                     while not stop.is_set():
                         try:
-                            chunks.put(chunk, timeout=0.5)
+                            chunks.put(chunk, timeout=0.1)
                             break
                         except queue.Full:
                             continue
@@ -196,11 +196,20 @@ class Reindexer:
             except BaseException as exc:  # raised in the caller's thread below
                 produced.append(exc)
             finally:
+                # One end mark per consumer. When the load stops on an error, unsent bodies are
+                # dropped to make room: waiting for consumers that have gone would hold the
+                # failure back (seconds, for nothing).
                 for _ in range(self.opt.concurrency):
-                    try:
-                        chunks.put(None, timeout=5)
-                    except queue.Full:
-                        pass
+                    while True:
+                        try:
+                            chunks.put(None, timeout=0.1)
+                            break
+                        except queue.Full:
+                            if stop.is_set():
+                                try:
+                                    chunks.get_nowait()
+                                except queue.Empty:
+                                    pass
 
         sent = 0
         lock = threading.Lock()

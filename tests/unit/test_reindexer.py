@@ -5,6 +5,7 @@ The same behaviour on a real node: tests/integration/test_reindex.py."""
 from __future__ import annotations
 
 import ast
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from p88backup.errors import ConfigError, DatabaseError, SearchError
 from p88backup.search.adapter import (
     AddAlias,
     AliasAction,
+    BulkFailure,
     RemoveAlias,
     RemoveIndex,
     TransientSearchError,
@@ -365,3 +367,20 @@ def test_only_the_client_adapter_imports_opensearch_py() -> None:
             )
             offenders += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] == "opensearchpy"]
     assert offenders == []
+
+
+def test_a_failed_load_stops_at_once() -> None:
+    # The old loader's rows thread could wait 5 s to hand its end marks to consumers that had
+    # already stopped on the error: a race, likeliest while reading rows outpaces the node.
+    class SlowNode(FakeSearch):
+        def bulk(self, index: str, body: bytes) -> list[BulkFailure]:
+            time.sleep(0.002)
+            return super().bulk(index, body)
+
+    for _ in range(10):
+        rig = Rig(1000, search=SlowNode(), chunk_bytes=500)
+        rig.source.rows[100]["n"] = "not a number"
+        t0 = time.monotonic()
+        with pytest.raises(BulkFailed):
+            rig.full()
+        assert time.monotonic() - t0 < 2.0
