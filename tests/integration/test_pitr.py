@@ -126,10 +126,13 @@ def test_pitr_to_lsn_xid_name_latest_and_immediate(story: tuple[Archived, Story]
     target = arch.tmp / "r-immediate"
     assert stopped["stopped"] and not (target / "postmaster.pid").exists()
     conf = (target / "postgresql.auto.conf").read_text()
-    assert "listen_addresses" not in conf.split("p88backup restore")[-1]  # trial-only settings are gone
+    # Nothing of the restore is left: no recovery setting, no trial setting (its block is gone).
+    assert "p88backup restore" not in conf and "restore_command" not in conf and "recovery_target" not in conf
     again = PgCluster(target, free_port(), arch.pg.bindir, target / "log" / "again.log", arch.pg.socket_dir)
     with open(target / "postgresql.auto.conf", "a") as fh:  # the source is still running on its port
-        fh.write(f"port = {again.port}\n")
+        # --stop left the cluster's own settings (archive_command into this archive): this check
+        # must not become a second production archiving a new timeline beside the source.
+        fh.write(f"port = {again.port}\narchive_mode = off\n")
     again.start()  # as any server would, e.g. the db container taking over the directory
     assert again.scalar("SELECT pg_is_in_recovery()") is False
     assert again.scalar("SELECT count(*) FROM important", "app") == 0  # only up to the backup's end

@@ -86,7 +86,8 @@ ON_HISTORY_CASES = [
     (1, "0/2000128", H2, 2, True),  # B1: ended before the fork
     (1, "0/8000128", H2, 2, False),  # B2: on timeline 1 past the fork
     (1, "0/57FFFFF", H2, 2, True),  # ended just before the switchpoint
-    (1, "0/5800000", H2, 2, False),  # the switchpoint belongs to the child
+    (1, "0/5800000", H2, 2, True),  # ended exactly at the switchpoint: its last byte is before it
+    (1, "0/5800001", H2, 2, False),  # its last byte is the switchpoint, which belongs to the child
     (2, "0/8000128", H2, 2, True),  # B3: on the live timeline itself
     (2, "0/8000128", {2: history((1, FORK)), 3: history((1, "0/3800000"))}, 3, False),  # sibling branch
     (1, "0/2000128", {2: history((1, FORK)), 3: history((1, FORK), (2, "0/9800000"))}, 3, True),

@@ -167,6 +167,7 @@ class BaseBackupRunner:
             files=[base],
             backup_manifest=man_obj,
             end_snapshot=end_snapshot,
+            wal_segment_size=self._segment_size,
         )
         self._pending.commit(manifest)
         log.info(

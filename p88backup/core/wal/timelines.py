@@ -52,6 +52,10 @@ def backup_on_history(
     if history is None:
         return False
     try:
-        return walnames.timeline_of_lsn(history, target_tli, walnames.parse_lsn(stop_lsn)) == timeline
+        # The last byte the backup needs is stop_lsn - 1 (stop_lsn is exclusive): a backup that ended
+        # exactly where the child timeline began - e.g. the one a `--pitr immediate` restore promoted
+        # from - lies on the child's history, as PostgreSQL checks it (minRecoveryPoint - 1).
+        last = max(walnames.parse_lsn(stop_lsn) - 1, 0)
+        return walnames.timeline_of_lsn(history, target_tli, last) == timeline
     except walnames.WalNameError:  # a corrupt history or LSN: not provably on it
         return False
