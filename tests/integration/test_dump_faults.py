@@ -18,7 +18,7 @@ import pytest
 from p88backup.errors import ExitCode
 from p88backup.locks import job_lock
 from tests.harness.helpers import REPO, cli_env, init_storage, initialised, json_out, ok, run_cli
-from tests.harness.postgres import PgCluster, contrib_major
+from tests.harness.postgres import PgCluster, contrib_major, tools_search_path
 from tests.harness.s3 import S3Server, start_minio
 
 
@@ -329,7 +329,7 @@ def test_manifest_write_that_lands_then_fails_leaves_no_listed_backup(pg: PgClus
 
     store = tmp_path / "store"
     storage = initialised(ManifestAnswerLost(store))
-    options = DumpOptions(databases=["postgres"], work_dir=tmp_path / "work")
+    options = DumpOptions(databases=["postgres"], work_dir=tmp_path / "work", pg_bin_dir=Path(tools_search_path()))
     with pytest.raises(StorageError, match="connection reset"):
         Dumper(ConnInfo.from_url(pg.url()), storage, make_codec(), options).run()
     assert Catalog(LocalStorage(store)).ids("dump") == []

@@ -12,6 +12,7 @@ from p88backup.core.pitr.plan import (
     check_wal,
     choose_base_backup,
     finished_by,
+    on_history,
     parse_target,
     plan_recovery,
     recovery_settings,
@@ -240,3 +241,21 @@ def test_recovery_settings() -> None:
         k.startswith("recovery_target_") and k not in ("recovery_target_action", "recovery_target_timeline")
         for k in latest
     )
+
+
+def test_plan_follows_a_history_whose_switchpoints_go_backwards() -> None:
+    # Timeline 2 left timeline 1 at 0/5000100; a later recovery along 2 stopped at a restore point
+    # at 0/4000100 (before timeline 2 began) and promoted timeline 3 (issue 10 item 11).
+    from p88backup.core.wal.names import parse_history
+
+    hist = {
+        2: parse_history("1\t0/5000100\tno recovery target specified\n"),
+        3: parse_history("1\t0/5000100\tno recovery target specified\n\n2\t0/4000100\tat restore point\n"),
+    }
+    early = B("early", 1, "0/2000028", "0/2000100", T0, None, seg(2), seg(2))
+    late = B("late", 1, "0/4000200", "0/4800000", T0 + timedelta(hours=1), None, seg(4), seg(4))
+    wal = archive(2, 3) | archive(4, 7, tli=3) | archive(4, 6, tli=2) | {"00000002.history": T0, "00000003.history": T0}
+    plan = plan_recovery([early, late], Target("latest"), wal, hist)
+    # 'late' ended on timeline 1 after timeline 3 had left it: not on 3's history.
+    assert plan.timeline == 3 and plan.backup_id == "early" and plan.replay_to == seg(7, 3)
+    assert not on_history(late, hist, 3) and on_history(early, hist, 3)

@@ -215,3 +215,22 @@ def test_the_file_is_never_stored_before_its_digest_record(identity: tuple[str, 
         name = walnames.segment_name(1, segno)
         archive.push(segment(tmp_path / name, segno))
     assert storage.record_there_at_commit == [True, True, True]
+
+
+# -- issue 10 item 11: a valid history file whose switchpoints go backwards ---------------
+
+
+def test_a_history_file_whose_switchpoints_go_backwards_is_archived_and_restored(
+    storage: MemoryStorage, tmp_path: Path
+) -> None:
+    # As PostgreSQL wrote it when a recovery following timeline 2 stopped at a restore point
+    # before timeline 2 began; the next recovery from the archive must be able to fetch it.
+    text = '1\t0/3018CB0\tno recovery target specified\n\n2\t0/3018C48\tat restore point "rp"\n'
+    history = tmp_path / "00000003.history"
+    history.write_text(text)
+    archive = WalArchive(storage, make_codec(threads=1))
+    archive.push(history)
+    dest = tmp_path / "fetched"
+    archive.fetch("00000003.history", dest)
+    assert dest.read_text() == text
+    assert archive.histories()[3][-1].parent_timeline == 2

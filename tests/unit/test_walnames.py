@@ -422,7 +422,6 @@ def test_parse_history(text: str, expected: list[HistoryEntry]) -> None:
         pytest.param("0\t0/3000090\treason\n", id="timeline-0"),
         pytest.param("2\t0/3000090\ta\n1\t0/5000000\tb\n", id="timelines-decrease"),
         pytest.param("1\t0/3000090\ta\n1\t0/5000000\tb\n", id="timeline-repeats"),
-        pytest.param("1\t0/5000000\ta\n2\t0/3000000\tb\n", id="switchpoints-decrease"),
     ],
 )
 def test_parse_history_rejects(text: str) -> None:
@@ -466,6 +465,43 @@ def test_two_switches_in_one_segment() -> None:
     assert timeline_of_lsn(history, 3, parse_lsn("0/3000018")) == 2
     assert timeline_of_segment_at(history, 3, parse_lsn("0/3000018")) == 3
     assert timeline_of_segment_at(history, 3, parse_lsn("0/2FFFFFF")) == 1
+
+
+# The shape PostgreSQL writes when a recovery following timeline 2 stops (at a restore point)
+# before timeline 2 began, and promotes to 3 (issue 10 item 11): switchpoints go backwards.
+BACKWARDS = '1\t0/3018CB0\tno recovery target specified\n\n2\t0/3018C48\tat restore point "rp"\n'
+
+
+def test_history_whose_switchpoints_go_backwards_is_valid() -> None:
+    history = parse_history(BACKWARDS)
+    assert [(e.parent_timeline, format_lsn(e.switchpoint)) for e in history] == [(1, "0/3018CB0"), (2, "0/3018C48")]
+
+
+@pytest.mark.parametrize(
+    ("lsn", "point_tli"),
+    [
+        ("0/3018C47", 1),  # before the restore point: timeline 1's WAL
+        ("0/3018C48", 3),  # timeline 3 begins at the restore point, before timeline 2 ever began
+        ("0/3018CB0", 3),  # where timeline 2 began: timeline 3 owns it (timeline 2 owns nothing)
+        ("0/9000000", 3),
+    ],
+)
+def test_timeline_of_lsn_when_switchpoints_go_backwards(lsn: str, point_tli: int) -> None:
+    assert timeline_of_lsn(parse_history(BACKWARDS), 3, parse_lsn(lsn)) == point_tli
+
+
+def test_backwards_history_across_segments() -> None:
+    # Timeline 2 began in segment 5; timeline 3 left timeline 2's history at segment 4, before it.
+    history = parse_history("1\t0/5000100\ta\n2\t0/4000100\tb\n")
+    assert timeline_of_segment_at(history, 3, parse_lsn("0/3FFFFFF")) == 1
+    assert timeline_of_segment_at(history, 3, parse_lsn("0/4000000")) == 3  # the fork segment: the child's copy
+    assert timeline_of_segment_at(history, 3, parse_lsn("0/5000200")) == 3  # never timeline 2's
+    names = [segment_name(1, n) for n in range(2, 4)] + [segment_name(3, n) for n in range(4, 7)]
+    assert find_gaps(names, segment_name(1, 2), None, {3: history}) == []
+    # A backup on timeline 1 starting in segment 4 is still on timeline 3's history; in segment 5 it is not.
+    assert find_gaps(names + [segment_name(1, 4)], segment_name(1, 4), None, {3: history}) == []
+    with pytest.raises(WalNameError, match="not on the history"):
+        find_gaps(names, segment_name(1, 5), segment_name(3, 6), {3: history})
 
 
 def test_timeline_of_segment_at_other_segment_size() -> None:

@@ -271,9 +271,11 @@ def parse_history(text: str) -> list[HistoryEntry]:
     Each line is ``parentTLI<TAB>X/Y<TAB>reason``: the timeline that ended and
     the LSN where its child began. Blank lines and lines starting with ``#``
     are skipped (PostgreSQL writes a blank line between the copied parent
-    history and the new entry). Entries must have increasing parent timelines
-    and non-decreasing switchpoints; anything else means a corrupt file, and a
-    wrong history would send recovery down the wrong timeline.
+    history and the new entry). Parent timelines must increase, as
+    PostgreSQL's own reader demands; anything else means a corrupt file.
+    Switchpoints need not: a recovery that follows timeline N but stops before
+    N began (e.g. at a restore point on N's parent) writes a history whose last
+    switchpoint lies before the one above it. See :func:`timeline_of_lsn`.
     """
     entries: list[HistoryEntry] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -299,9 +301,6 @@ def _check_next_entry(previous: list[HistoryEntry], entry: HistoryEntry) -> None
     last = previous[-1]
     if entry.parent_timeline <= last.parent_timeline:
         raise WalNameError(f"timeline {entry.parent_timeline} does not follow {last.parent_timeline}")
-    if entry.switchpoint < last.switchpoint:
-        # A child cannot leave its timeline before that timeline began.
-        raise WalNameError(f"switchpoint {format_lsn(entry.switchpoint)} is before {format_lsn(last.switchpoint)}")
 
 
 def _check_history(history: list[HistoryEntry], current_tli: int) -> None:
@@ -319,17 +318,31 @@ def _check_history(history: list[HistoryEntry], current_tli: int) -> None:
 def timeline_of_lsn(timeline_history: list[HistoryEntry], current_tli: int, lsn: int) -> int:
     """The timeline that WAL position ``lsn`` belongs to when following ``current_tli``.
 
-    Like PostgreSQL's ``tliOfPointInHistory``: a switchpoint belongs to the
-    child. Use this on exact positions (is a base backup's start point on the
-    history of the target timeline?); use :func:`timeline_of_segment_at` to
-    pick segment files.
+    Like PostgreSQL's ``tliOfPointInHistory``: each timeline covers
+    ``[begin, switchpoint)``, where it begins at its parent's switchpoint, and
+    the newest timeline that covers a position owns it; so a switchpoint
+    belongs to the child, and a timeline whose switchpoint lies before its own
+    begin (a recovery that stopped before that timeline began) owns nothing.
+    Use this on exact positions (is a base backup's end on the history of the
+    target timeline?); use :func:`timeline_of_segment_at` to pick segment files.
     """
     _check_history(timeline_history, current_tli)
     _check_lsn(lsn)
-    for entry in timeline_history:
-        if lsn < entry.switchpoint:
-            return entry.parent_timeline
-    return current_tli
+    for timeline, begin, end in reversed(_intervals(timeline_history, current_tli)):
+        if begin <= lsn and (end is None or lsn < end):
+            return timeline
+    raise AssertionError("unreachable: the first timeline covers every position before its switchpoint")
+
+
+def _intervals(history: list[HistoryEntry], current_tli: int) -> list[tuple[int, int, int | None]]:
+    """``(timeline, begin, end)`` LSN ranges, oldest first; ``end`` is exclusive, None for the current one."""
+    out: list[tuple[int, int, int | None]] = []
+    begin = 0
+    for entry in history:
+        out.append((entry.parent_timeline, begin, entry.switchpoint))
+        begin = entry.switchpoint
+    out.append((current_tli, begin, None))
+    return out
 
 
 def timeline_of_segment_at(
@@ -356,19 +369,22 @@ def timeline_of_segment_at(
 def _path(history: list[HistoryEntry], current_tli: int, segment_size: int) -> list[tuple[int, int, int]]:
     """``(timeline, first_segno, last_segno)`` pieces that recovery reads, in order.
 
-    A timeline left in the same segment it began in gets no piece: the child's
-    copy of that segment is the one read.
+    For each segment recovery reads the file of the newest timeline that began
+    at or before it (PostgreSQL's ``XLogFileReadAnyTLI``). So a timeline left in
+    the same segment it began in gets no piece (the child's copy of that
+    segment is the one read), and neither does one that a later timeline's
+    history left before it began.
     """
     _per_xlogid(segment_size)
     _check_history(history, current_tli)
     pieces: list[tuple[int, int, int]] = []
-    begin = 0
-    for entry in history:
-        child_begin = entry.switchpoint // segment_size
-        if child_begin > begin:
-            pieces.append((entry.parent_timeline, begin, child_begin - 1))
-        begin = child_begin
-    pieces.append((current_tli, begin, MAX_LSN // segment_size))
+    upper = MAX_LSN // segment_size + 1  # exclusive; walking from the newest timeline down
+    for timeline, begin, _end in reversed(_intervals(history, current_tli)):
+        first = begin // segment_size
+        if first < upper:
+            pieces.append((timeline, first, upper - 1))
+            upper = first
+    pieces.reverse()
     return pieces
 
 
@@ -376,17 +392,21 @@ def _span(history: list[HistoryEntry], current_tli: int, timeline: int, segment_
     """Segments from which a segment named on ``timeline`` can start a replay to ``current_tli``.
 
     From the first segment of ``timeline`` up to and including the segment
-    where it was left (whose file then comes from the child), or None when
-    ``timeline`` is not on ``current_tli``'s history.
+    where the path leaves it (the earliest begin of any later timeline; that
+    segment's file then comes from the child), or None when ``timeline`` is
+    not on ``current_tli``'s history or owns no position on it.
     """
-    begin = 0
-    for entry in history:
-        leave = entry.switchpoint // segment_size
-        if entry.parent_timeline == timeline:
-            return begin, leave
-        begin = leave
-    if timeline == current_tli:
-        return begin, MAX_LSN // segment_size
+    intervals = _intervals(history, current_tli)
+    for i, (tli, begin, _end) in enumerate(intervals):
+        if tli != timeline:
+            continue
+        later = [b for _, b, _ in intervals[i + 1 :]]
+        if not later:
+            return begin // segment_size, MAX_LSN // segment_size
+        leave = min(later)
+        if leave <= begin:
+            return None  # a later timeline begins before this one did: it owns nothing
+        return begin // segment_size, leave // segment_size
     return None
 
 
