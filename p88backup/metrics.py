@@ -51,8 +51,8 @@ def registry() -> CollectorRegistry:
         _STATE["drill_success"] = Gauge(
             "p88backup_drill_success", "1 if the last drill of this kind passed, else 0", ["kind"], registry=reg
         )
-    reg: CollectorRegistry = _STATE["registry"]
-    return reg
+    registry_: CollectorRegistry = _STATE["registry"]
+    return registry_
 
 
 def job_finished(
