@@ -1,8 +1,12 @@
-"""Running PostgreSQL tools as child processes, streaming their stdout/stdin.
+"""Running PostgreSQL tools as child processes.
 
-stderr is drained by a thread (so a chatty tool never blocks) and kept in a
-bounded buffer for the error message. A failure is judged on the exit status
-*and* a killed-by-signal status; callers add format checks of their own.
+:func:`run_tool` runs one to completion and turns a failure into an error
+carrying the tail of its stderr (one place for what every short tool call
+needs: as the data directory's owner when we are root, a timeout, the
+message). :class:`ToolProcess` streams a long-running tool's stdout/stdin;
+its stderr is drained by a thread (so a chatty tool never blocks) and kept in
+a bounded buffer for the error message. A failure is judged on the exit
+status *and* a killed-by-signal status; callers add format checks of their own.
 """
 
 from __future__ import annotations
@@ -16,9 +20,72 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
-from p88backup.errors import PgToolError
+from p88backup.errors import P88Error, PgToolError
 
 log = logging.getLogger(__name__)
+
+
+def describe_exit(rc: int) -> str:
+    """``exited with status 3`` / ``was killed by signal SIGKILL``."""
+    if rc < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"was killed by signal {-rc}"
+    return f"exited with status {rc}"
+
+
+def stderr_tail(stderr: bytes | str | None, limit: int = 500) -> str:
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else (stderr or "")
+    text = text.strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def run_tool(
+    argv: Sequence[str],
+    *,
+    what: str | None = None,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+    user: str | None = None,
+    timeout: float | None = None,
+    check: bool = True,
+    error: type[P88Error] = PgToolError,
+    message: str | None = None,
+    hint: str | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a tool to completion and return its result (stdout and stderr captured).
+
+    ``user``: run as this user (PostgreSQL's server programs refuse root).
+    With ``check``, a non-zero exit raises ``error`` saying
+    ``"<message or what> failed: <why>: <stderr tail>"``; a tool that cannot be
+    started, or outlives ``timeout``, raises it too.
+    """
+    name = what or os.path.basename(argv[0])
+    log.debug("running", extra={"p88": {"argv": list(argv)}})
+    try:
+        r = subprocess.run(
+            list(argv),
+            input=input,
+            capture_output=True,
+            env=env,
+            timeout=timeout,
+            user=user,
+            group=user,
+            extra_groups=[] if user else None,
+            cwd="/" if user else None,
+        )
+    except OSError as exc:
+        raise error(f"cannot run {name}: {exc.strerror or exc}", hint=hint) from None
+    except subprocess.TimeoutExpired:
+        raise error(f"{name} did not finish within {timeout:.0f}s", hint=hint) from None
+    if check and r.returncode != 0:
+        detail = stderr_tail(r.stderr)
+        raise error(
+            f"{message or name} failed: {name} {describe_exit(r.returncode)}" + (f": {detail}" if detail else ""),
+            hint=hint,
+        )
+    return r
 
 
 class ToolProcess:
@@ -83,12 +150,8 @@ class ToolProcess:
         rc = self.wait(timeout)
         if rc == 0:
             return
-        if rc < 0:
-            reason = f"was killed by signal {signal.Signals(-rc).name}"
-        else:
-            reason = f"exited with status {rc}"
         detail = self.stderr_text()
-        raise PgToolError(f"{self.what} {reason}" + (f": {detail}" if detail else ""))
+        raise PgToolError(f"{self.what} {describe_exit(rc)}" + (f": {detail}" if detail else ""))
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -33,7 +33,7 @@ from p88backup.core.logical.globals_filter import Skipped, filter_globals
 from p88backup.core.logical.verify import restore_tool_major
 from p88backup.errors import DatabaseError, PgToolError, RefusedError, VerifyError
 from p88backup.pg.conn import ConnInfo, first_line
-from p88backup.pg.proc import ToolProcess
+from p88backup.pg.proc import ToolProcess, run_tool
 from p88backup.pg.tools import client_for
 from p88backup.storage import Storage
 from p88backup.stream import Codec, copy_stream, read_all
@@ -180,7 +180,7 @@ class DumpRestorer:
         plan = filter_globals(sql, roles, spaces, superusers={r[0] for r in role_rows if r[1]})
         psql = client_for("psql", major, self.opt.pg_bin_dir)
         admin_db = "postgres" if self.opt.target_db != "postgres" else "template1"
-        r = subprocess.run(
+        run_tool(
             [
                 str(psql.path),
                 "-X",
@@ -191,14 +191,10 @@ class DumpRestorer:
                 f"--dbname={self.ci.with_db(admin_db).dsn()}",
             ],
             input=plan.sql.encode(),
-            capture_output=True,
             env=self.ci.env(),
+            message="restoring roles",
+            hint="pass --no-globals to restore the database without roles",
         )
-        if r.returncode != 0:
-            raise PgToolError(
-                f"restoring roles failed: {r.stderr.decode(errors='replace').strip()[-500:]}",
-                hint="pass --no-globals to restore the database without roles",
-            )
         result.roles_created, result.roles_kept = plan.roles_created, plan.roles_kept
         result.globals_skipped = plan.skipped
         log.info(

@@ -17,8 +17,8 @@ from pathlib import Path
 from p88backup.catalog.backups import Catalog
 from p88backup.catalog.models import BaseBackupManifest, DumpManifest, StoredObject
 from p88backup.catalog.objects import check_stat, open_decoded
-from p88backup.errors import P88Error, PgToolError, VerifyError
-from p88backup.pg.proc import ToolProcess
+from p88backup.errors import P88Error, VerifyError
+from p88backup.pg.proc import ToolProcess, run_tool
 from p88backup.pg.tools import client_for, major_of
 from p88backup.storage import Readable, Storage
 from p88backup.stream import Codec, copy_stream, drain
@@ -131,9 +131,7 @@ class Verifier:
             def save_toc(decoded: Readable) -> None:
                 with open(Path(tmp) / "toc.dat", "wb") as out:
                     copy_stream(decoded, out)
-                r = subprocess.run([str(pg_restore), "--list", tmp], capture_output=True, text=True)
-                if r.returncode != 0:
-                    raise PgToolError(f"pg_restore --list rejects the directory archive: {r.stderr.strip()}")
+                run_tool([str(pg_restore), "--list", tmp], message="pg_restore --list of the directory archive")
 
             if not toc:
                 report.checks.append(ObjectCheck("toc.dat", False, "directory dump has no toc.dat"))

@@ -50,6 +50,7 @@ from p88backup.core.wal.archive import WalArchive
 from p88backup.core.wal.restorepoints import restore_point_lsn
 from p88backup.errors import PgToolError, PitrTargetError, RefusedError, VerifyError
 from p88backup.pg.conn import ConnInfo
+from p88backup.pg.proc import ToolProcess, run_tool
 from p88backup.pg.tools import client_for, server_for
 from p88backup.storage import Storage
 from p88backup.stream import Codec, copy_stream, widen_pipe
@@ -253,32 +254,23 @@ class PitrRestorer:
             decoded, raw = open_decoded(self.storage, obj, self.codec, encrypted=encrypted)
             # 1 MiB records and pipe (tar's default is 10 KiB): ~40% less time to lay out
             # the files (bench/pitr_bench.py). -B: reassemble short reads from the pipe.
-            tar = subprocess.Popen(
-                ["tar", "-x", "-b", "2048", "-B", "-f", "-", "-C", str(self.opt.target_dir), "--no-same-owner"],
-                stdin=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            assert tar.stdin is not None
-            widen_pipe(tar.stdin.fileno())
+            argv = ["tar", "-x", "-b", "2048", "-B", "-f", "-", "-C", str(self.opt.target_dir), "--no-same-owner"]
             try:
-                copy_stream(decoded, tar.stdin)
-                tar.stdin.close()
-            except BaseException:
-                tar.kill()
-                raise
+                with ToolProcess(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, what="tar") as tar:
+                    widen_pipe(tar.stdin.fileno())
+                    copy_stream(decoded, tar.stdin)
+                    tar.stdin.close()
+                    tar.finish()
             finally:
                 raw.close()
-            err = tar.stderr.read().decode(errors="replace") if tar.stderr else ""
-            if tar.wait() != 0:
-                raise PgToolError(f"tar could not extract {obj.key}: {err.strip()[-300:]}")
 
     def _verify(self, backup: BaseBackupManifest) -> None:
         tool = client_for("pg_verifybackup", backup.server_version_num // 10000, self.opt.pg_bin_dir)
-        r = subprocess.run(
-            [str(tool.path), "--no-parse-wal", "--quiet", str(self.opt.target_dir)], capture_output=True, text=True
+        run_tool(
+            [str(tool.path), "--no-parse-wal", "--quiet", str(self.opt.target_dir)],
+            error=VerifyError,
+            message="checking the restored files against the backup's manifest",
         )
-        if r.returncode != 0:
-            raise VerifyError(f"restored files do not match the backup's manifest: {r.stderr.strip()[-500:]}")
         log.info("restored files match the backup manifest (pg_verifybackup)")
 
     def _configure(self, backup: BaseBackupManifest) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from p88backup.core.wal import names as walnames
 from p88backup.errors import PitrTargetError
 from p88backup.pg.conn import ConnInfo, first_line
+from p88backup.pg.proc import run_tool, stderr_tail
 from p88backup.pg.tools import server_for
 
 log = logging.getLogger(__name__)
@@ -59,19 +60,9 @@ class RestoredServer:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         self.logfile = datadir / "log" / f"p88backup-restore-{stamp}.log"
 
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def _run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         """pg_ctl as the data directory's owner (when we are root: the server refuses to run as root)."""
-        owner = self.owner
-        return subprocess.run(
-            [str(self.pg_ctl), *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            user=owner,
-            group=owner,
-            extra_groups=[] if owner else None,
-            cwd="/",
-        )
+        return run_tool([str(self.pg_ctl), *args], env=self.env, user=self.owner, check=False)
 
     def start(self) -> None:
         self.logfile.parent.mkdir(exist_ok=True)
@@ -82,7 +73,7 @@ class RestoredServer:
             os.chown(self.logfile, pw.pw_uid, pw.pw_gid)
         r = self._run("-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", str(int(self.timeout)), "start")
         if r.returncode != 0:
-            raise PitrTargetError(f"the restored server did not start: {self.log_problem() or r.stderr.strip()}")
+            raise PitrTargetError(f"the restored server did not start: {self.log_problem() or stderr_tail(r.stderr)}")
 
     def wait_promoted(self, conninfo: ConnInfo | None) -> Promotion:
         """Poll until the server has left recovery; raise if it stops or the timeout passes."""
@@ -126,7 +117,7 @@ class RestoredServer:
         """A fast shutdown (with its checkpoint); raise if it does not stop cleanly."""
         r = self._run("-D", str(self.datadir), "-m", "fast", "-w", "stop")
         if r.returncode != 0:
-            raise PitrTargetError(f"the restored server did not stop cleanly: {r.stderr.strip()}")
+            raise PitrTargetError(f"the restored server did not stop cleanly: {stderr_tail(r.stderr)}")
 
     def switchpoint(self, timeline: int) -> int | None:
         """Where ``timeline`` began (the end of recovery), from its history file in pg_wal."""
