@@ -3,6 +3,7 @@
 # Built on the same PostgreSQL image as the database, so every PostgreSQL program p88backup runs
 # (pg_dump, pg_basebackup, pg_receivewal, pg_verifybackup, and initdb/postgres for restore drills)
 # is exactly the server's version, and the postgres user (uid 999) matches the db container's.
+# The build context is the repository root; /.dockerignore keeps it to what is copied below.
 ARG PG_MAJOR=16
 FROM postgres:${PG_MAJOR}-bookworm
 
@@ -26,5 +27,7 @@ ENV P88_WORK_DIR=/var/lib/p88backup/work \
     P88_LOCK_DIR=/var/lib/p88backup/locks \
     P88_PG_BIN_DIR=/usr/lib/postgresql/${PG_MAJOR}/bin
 
+# The sidecar: wal-stream supervised, the scheduled jobs, /healthz and /metrics on :9188.
+# One-off commands replace it: docker compose run --rm backup dump
 ENTRYPOINT ["p88backup"]
-CMD ["wal-stream", "--spool", "/var/lib/p88backup/spool"]
+CMD ["schedule"]
