@@ -71,13 +71,16 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
-    def _makedirs(self, directory: Path) -> None:
-        """Create missing directories below the root (never the root or above it),
-        fsyncing each new entry's parent for durability."""
+    def _makedirs(self, directory: Path, *, root_too: bool = False) -> list[Path]:
+        """Create missing directories, fsyncing each new entry's parent for durability; return them.
+
+        Only below the root: a missing root is an error (an unmounted volume), unless ``root_too``
+        (``init``, the one place allowed to create it and its parents).
+        """
         missing: list[Path] = []
         d = directory
         while not d.exists():
-            if d == self.root or d == d.parent:
+            if not root_too and (d == self.root or d == d.parent):
                 raise self._root_missing()
             missing.append(d)
             d = d.parent
@@ -87,6 +90,7 @@ class LocalStorage:
             except FileExistsError:
                 continue
             _fsync_dir(d.parent)
+        return missing
 
     def _root_missing(self) -> StorageError:
         return StorageError(
@@ -131,18 +135,7 @@ class LocalStorage:
 
     def _make_root(self) -> None:
         """Create the root and any missing parents (init only), durably."""
-        missing: builtins.list[Path] = []
-        d = self.root
-        while not d.exists():
-            missing.append(d)
-            d = d.parent
-        for d in reversed(missing):
-            try:
-                d.mkdir()
-            except FileExistsError:
-                continue
-            _fsync_dir(d.parent)
-        if missing:
+        if self._makedirs(self.root, root_too=True):
             log.info("created the storage root", extra={"p88": {"path": str(self.root)}})
 
     def put(self, key: str, data: Readable, *, overwrite: bool = True) -> ObjectInfo:
