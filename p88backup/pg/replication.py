@@ -114,6 +114,15 @@ class ReplicationSession:
             ) from None
         return True
 
+    def drop_slot(self, name: str) -> None:
+        """Drop slot ``name`` (it must not be in use)."""
+        if _SLOT_RE.fullmatch(name) is None:
+            raise DatabaseError(f"invalid replication slot name {name!r} (lower-case letters, digits, _)")
+        try:
+            self._rows(f'DROP_REPLICATION_SLOT "{name}"')
+        except ReplicationCommandError as exc:
+            raise DatabaseError(f"cannot drop replication slot {name!r}: {exc}") from None
+
     def read_slot(self, name: str) -> SlotInfo | None:
         """Where the slot's WAL begins (PostgreSQL 15 and later; None before, or if absent)."""
         if self.server_version_num < 150000:

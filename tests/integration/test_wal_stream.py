@@ -224,3 +224,48 @@ def test_slot_reserves_wal_from_creation(pg_factory: Callable[..., PgCluster], t
         assert rs.create_physical_slot("reserved") is True
         assert rs.create_physical_slot("reserved") is False  # already there: fine
     assert pg.scalar("SELECT restart_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = 'reserved'")
+
+
+def test_an_invalidated_slot_is_reported_recreated_and_archiving_goes_on(
+    pg_factory: Callable[..., PgCluster], tmp_path: Path
+) -> None:
+    """max_slot_wal_keep_size lets the server drop WAL a stopped sidecar had not archived: the slot is
+    then 'lost' and holds nothing. wal-stream must say so (the archive has a gap), keep what its spool
+    holds, make a working slot again, and archive from the server's position on."""
+    pg = pg_factory("src", settings={"max_slot_wal_keep_size": "'32MB'", "wal_keep_size": "0"})
+    pg.start()
+    store = tmp_path / "store"
+    env = cli_env(tmp_path, P88_DATABASE_URL=pg.url(), P88_STORAGE_URL=f"file://{store}")
+    ok(run_cli(["init"], env))
+    spool, log = tmp_path / "spool", tmp_path / "wal-stream.log"
+    pg.sql("CREATE TABLE t (x int)")
+    with streamer(env, spool, log):
+        first = pg.scalar("SELECT pg_walfile_name(pg_current_wal_lsn())")
+        pg.sql("SELECT pg_switch_wal()")
+        wait_until(lambda: archived(store, first), 60, f"{first} archived", log)
+    # The sidecar is down; the database writes far past the slot's bound, and checkpoints.
+    for _ in range(5):
+        pg.sql("INSERT INTO t SELECT generate_series(1, 200000)")
+        pg.sql("SELECT pg_switch_wal()")
+    pg.sql("CHECKPOINT")
+    assert pg.scalar("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'p88backup'") == "lost"
+    partials_before = sorted(p.name for p in spool.glob("*.partial"))
+
+    with streamer(env, spool, log):
+        wait_until(
+            lambda: pg.scalar("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'p88backup'")
+            in ("reserved", "extended"),
+            60,
+            "a working slot again",
+            log,
+        )
+        after = pg.scalar("SELECT pg_walfile_name(pg_current_wal_lsn())")
+        pg.sql("INSERT INTO t VALUES (1)")
+        pg.sql("SELECT pg_switch_wal()")
+        wait_until(lambda: archived(store, after), 60, f"{after} archived after the gap", log)
+        status = json.loads((spool / "status.json").read_text())
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any("was invalidated" in line["msg"] and line["level"] == "error" for line in lines), log.read_text()
+    assert "take a new base backup" in str(status["last_error"])
+    # What the spool held is kept, never deleted.
+    assert sorted(p.name for p in (spool / "abandoned").glob("*.partial")) == partials_before

@@ -196,10 +196,13 @@ class WalStreamer:
 
     def prepare(self) -> str:
         """Ask the server where it is, make the spool agree, ensure the slot; return pg_receivewal's path."""
+        lost = self._slot_lost()
         with replication_session(self.ci) as rs:
             info = rs.identify_system()
             history_text = rs.timeline_history(info.timeline)
             self.segment_size = rs.segment_size()
+            if lost:
+                rs.drop_slot(self.slot)
             if rs.create_physical_slot(self.slot):
                 log.info("replication slot created, reserving WAL from now", extra={"p88": {"slot": self.slot}})
             slot = rs.read_slot(self.slot)
@@ -223,6 +226,8 @@ class WalStreamer:
                 os.replace(tmp, self.spool / name)
                 self.ship()
 
+        if lost:
+            self._after_lost_slot()
         plan = plan_spool(
             self._spool_names(),
             timeline=info.timeline,
@@ -235,21 +240,62 @@ class WalStreamer:
         self._apply(plan)
         return tool
 
+    def _slot_lost(self) -> bool:
+        """Was our slot invalidated (``max_slot_wal_keep_size``)? It then holds no WAL for us any more."""
+        try:
+            with self.ci.connect() as conn:
+                row = conn.execute(
+                    "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
+                ).fetchone()
+        except Exception as exc:  # the replication connection that follows reports real trouble
+            log.debug("cannot read the slot's state", extra={"p88": {"error": str(exc)}})
+            return False
+        return bool(row and row[0] == "lost")
+
+    def _after_lost_slot(self) -> None:
+        """The server removed WAL before it was archived: say so loudly, keep what the spool holds,
+        and stream again from the server's position (the recreated slot's)."""
+        names = [n for n in self._spool_names() if walnames.is_wal_name(n, None) and not n.endswith(".history")]
+        if names:
+            self._set_aside(names, "before an invalidated slot")
+        message = (
+            f"replication slot {self.slot!r} was invalidated: the server removed WAL before it was archived "
+            "(max_slot_wal_keep_size), so the archive has a gap; the slot was recreated and archiving goes on "
+            "from the server's current position"
+        )
+        log.error(message, extra={"p88": {"slot": self.slot, "set_aside": names}})
+        self.status.last_error = message + ": take a new base backup now (p88backup basebackup)"
+        self.status.last_error_at = time.time()
+        self.status.last_error_code = int(ArchivingError.exit_code)
+
+    def _set_aside(self, names: list[str], reason: str) -> None:
+        for name in names:
+            dest = self._move_aside(name)
+            log.warning("spool file set aside", extra={"p88": {"file": name, "reason": reason, "moved_to": str(dest)}})
+        _fsync_dir(self.spool / ABANDONED_DIR)
+        _fsync_dir(self.spool)
+
+    def _move_aside(self, name: str) -> Path:
+        """Move a spool file into ``abandoned/``, never replacing an earlier one: each may hold WAL
+        found nowhere else."""
+        aside = self.spool / ABANDONED_DIR
+        aside.mkdir(exist_ok=True)
+        dest = aside / name
+        n = 0
+        while dest.exists():
+            n += 1
+            dest = aside / f"{name}.{n}"
+        os.rename(self.spool / name, dest)
+        self.status.set_aside.append(name)
+        return dest
+
     def _spool_names(self) -> list[str]:
         return sorted(p.name for p in self.spool.iterdir() if p.is_file())
 
     def _apply(self, plan: SpoolPlan) -> None:
         if plan.set_aside:
-            aside = self.spool / ABANDONED_DIR
-            aside.mkdir(exist_ok=True)
             for item in plan.set_aside:
-                dest = aside / item.name
-                n = 0
-                while dest.exists():  # never replace an earlier one: each may hold WAL found nowhere else
-                    n += 1
-                    dest = aside / f"{item.name}.{n}"
-                os.rename(self.spool / item.name, dest)
-                self.status.set_aside.append(item.name)
+                dest = self._move_aside(item.name)
                 log.warning(
                     "spool file set aside: not on the server's timeline history"
                     if item.reason == "off-history"
@@ -264,7 +310,7 @@ class WalStreamer:
                         }
                     },
                 )
-            _fsync_dir(aside)
+            _fsync_dir(self.spool / ABANDONED_DIR)
         if plan.seed is not None and not (self.spool / plan.seed).exists():
             # An empty file is one pg_receivewal fills from its start: this is where it will begin.
             (self.spool / plan.seed).touch()
