@@ -13,6 +13,10 @@ on its own timeline at its recorded segment size. Anything else (an edited
 manifest, a backup folder copied under another id) is refused on
 :meth:`Catalog.read` and reported and skipped by :meth:`Catalog.scan`;
 nothing it names is ever deleted.
+
+Drill reports (``drills/<id>/report.json``) follow the same rules: written
+once, create-only, after everything they describe is done; read back only
+when the report's id is its folder's name and its kind is ``drill``.
 """
 
 from __future__ import annotations
@@ -25,12 +29,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
 from p88backup.catalog import layout
 from p88backup.catalog.layout import Kind
-from p88backup.catalog.models import SCHEMA_VERSION, BaseBackupManifest, DumpManifest, Manifest, StoredObject
+from p88backup.catalog.models import (
+    SCHEMA_VERSION,
+    BaseBackupManifest,
+    DrillReport,
+    DumpManifest,
+    Manifest,
+    StoredObject,
+)
 from p88backup.catalog.objects import store
 from p88backup.errors import NotFoundError, ObjectExistsError, ObjectNotFoundError, P88Error, VerifyError
 from p88backup.storage import Readable, Storage
@@ -46,9 +58,9 @@ def _adapter() -> TypeAdapter[DumpManifest | BaseBackupManifest]:
 
 @dataclass(frozen=True)
 class BadManifest:
-    """A manifest that cannot be read or does not describe its own directory."""
+    """A manifest (or drill report) that cannot be read or does not describe its own directory."""
 
-    kind: Kind
+    kind: Kind | Literal["drill"]
     id: str  # the directory's name
     key: str
     error: str
@@ -69,16 +81,7 @@ class Catalog:
     # -- reading ------------------------------------------------------------
 
     def _parse(self, kind: Kind, bid: str, key: str, raw: bytes) -> DumpManifest | BaseBackupManifest:
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise VerifyError(f"manifest {key} is not valid JSON") from None
-        version = doc.get("schema_version") if isinstance(doc, dict) else None
-        if version != SCHEMA_VERSION:
-            raise VerifyError(
-                f"manifest {key} has schema version {version}; this p88backup reads {SCHEMA_VERSION}",
-                hint="use a p88backup release that knows this version",
-            )
+        doc = _versioned_json(key, raw)
         try:
             manifest = _adapter().validate_python(doc)
         except ValidationError as exc:
@@ -177,6 +180,67 @@ class Catalog:
             out.append(Orphan(kind, bid, tuple(k for k, _ in items), max(times) if times else None))
         return out
 
+    # -- drill reports --------------------------------------------------------
+
+    def drill_ids(self) -> list[str]:
+        """Ids of stored drill reports, oldest first."""
+        found = (layout.parse_drill_report_key(o.key) for o in self.storage.list(layout.DRILLS_PREFIX))
+        return sorted(i for i in found if i is not None)
+
+    def read_drill(self, drill_id: str) -> DrillReport:
+        """The report of drill ``drill_id``; VerifyError if it is unreadable or not this folder's."""
+        key = layout.drill_report_key(drill_id)
+        try:
+            with self.storage.open(key) as fh:
+                raw = fh.read()
+        except ObjectNotFoundError:
+            raise NotFoundError(f"no drill report {drill_id} in {self.storage.url}") from None
+        doc = _versioned_json(key, raw)
+        if isinstance(doc, dict) and doc.get("kind") != "drill":
+            raise VerifyError(f"report {key} describes a {doc.get('kind')}, but lies among the drill reports")
+        try:
+            report = DrillReport.model_validate(doc)
+        except ValidationError as exc:
+            raise VerifyError(f"drill report {key} is malformed: {exc.errors()[0]['msg']}") from None
+        if report.id != drill_id:
+            raise VerifyError(
+                f"drill report {key} is the report of drill {report.id}, not {drill_id}",
+                hint="a drill folder copied or renamed by hand? remove the copy",
+            )
+        return report
+
+    def scan_drills(self) -> tuple[list[DrillReport], list[BadManifest]]:
+        """Good drill reports (oldest first) and the bad ones, each logged at ERROR (as :meth:`scan`)."""
+        found: list[DrillReport] = []
+        bad: list[BadManifest] = []
+        for obj in self.storage.list(layout.DRILLS_PREFIX):
+            parts = obj.key.split("/")
+            if len(parts) != 3 or parts[2] != layout.DRILL_REPORT:
+                continue
+            did = parts[1]
+            try:
+                if not layout.is_backup_id(did):
+                    raise VerifyError(f"drill report {obj.key} is in a folder whose name is not a drill id")
+                found.append(self.read_drill(did))
+            except NotFoundError:
+                continue  # deleted since the listing
+            except VerifyError as exc:
+                bad.append(BadManifest("drill", did, obj.key, str(exc)))
+                log.error("skipping bad drill report", extra={"p88": {"key": obj.key, "error": str(exc)}})
+        found.sort(key=lambda r: r.id)
+        return found, bad
+
+    def drills(self) -> list[DrillReport]:
+        """Stored drill reports, oldest first. Bad ones are logged and skipped."""
+        return self.scan_drills()[0]
+
+    def write_drill(self, report: DrillReport) -> str:
+        """Store a drill report (create-only), as :meth:`write` stores a manifest."""
+        return self._create(layout.drill_report_key(report.id), report.model_dump_json(indent=2).encode())
+
+    def delete_drill(self, drill_id: str) -> None:
+        self.storage.delete(layout.drill_report_key(drill_id))
+
     # -- writing ------------------------------------------------------------
 
     def write(self, manifest: DumpManifest | BaseBackupManifest) -> str:
@@ -186,8 +250,11 @@ class Catalog:
         write landed (its response was lost): that is success. Different
         bytes raise ``ObjectExistsError``; they belong to another run.
         """
-        key = layout.manifest_key(manifest.kind, manifest.id)
-        body = manifest.model_dump_json(indent=2).encode()
+        return self._create(
+            layout.manifest_key(manifest.kind, manifest.id), manifest.model_dump_json(indent=2).encode()
+        )
+
+    def _create(self, key: str, body: bytes) -> str:
         try:
             self.storage.put(key, io.BytesIO(body), overwrite=False)
         except ObjectExistsError:
@@ -226,6 +293,21 @@ class Catalog:
         """Manifest first, so a half-deleted backup is never listed as good."""
         self.storage.delete(layout.manifest_key(manifest.kind, manifest.id))
         self.storage.delete_many(o.key for o in manifest.objects)
+
+
+def _versioned_json(key: str, raw: bytes) -> Any:
+    """The JSON document in ``raw``, refused unless it is of the schema version this p88backup reads."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise VerifyError(f"manifest {key} is not valid JSON") from None
+    version = doc.get("schema_version") if isinstance(doc, dict) else None
+    if version != SCHEMA_VERSION:
+        raise VerifyError(
+            f"manifest {key} has schema version {version}; this p88backup reads {SCHEMA_VERSION}",
+            hint="use a p88backup release that knows this version",
+        )
+    return doc
 
 
 def _check_belongs(manifest: DumpManifest | BaseBackupManifest, kind: Kind, bid: str, key: str) -> None:

@@ -13,6 +13,7 @@
     wal/<timeline>/<segment>.zst[.age]     archived WAL, one object per file
     wal/<timeline>/<segment>.digest.json   SHA-256 of an encrypted WAL file's raw bytes
     restorepoints/<name>.json              restore points (LSN, time) for --pitr name:
+    drills/<id>/report.json                a restore drill's report (written once, at its end)
 
 Every key p88backup writes is built here. Standard library only, and
 ``urllib`` only when a name needs encoding: the archive fast path
@@ -38,6 +39,10 @@ ID_RE = re.compile(r"^\d{8}T\d{6}Z(-\d{2})?$")
 # Its presence says "this is p88backup's storage, set up on purpose": writers and readers
 # refuse a root or prefix without it (an unmounted volume, a wrong prefix). See storage/base.py.
 STORAGE_MARKER = "p88backup.json"
+# Drill reports are not backups: their own folder and file name, so nothing that lists
+# backups (list, expire's orphan scan, retention) ever mistakes a drill for one.
+DRILLS_PREFIX = "drills/"
+DRILL_REPORT = "report.json"
 
 
 def backup_id(when: datetime, taken: set[str] | frozenset[str] = frozenset()) -> str:
@@ -78,6 +83,19 @@ def parse_manifest_key(key: str) -> tuple[Kind, str] | None:
         if parts[0] == d:
             return kind, parts[1]  # type: ignore[return-value]
     return None
+
+
+def drill_report_key(drill_id: str) -> str:
+    """``drills/<id>/report.json``: the report of drill ``drill_id`` (ids are backup-style timestamps)."""
+    return f"{DRILLS_PREFIX}{drill_id}/{DRILL_REPORT}"
+
+
+def parse_drill_report_key(key: str) -> str | None:
+    """``drills/<id>/report.json`` -> id; anything else -> None."""
+    parts = key.split("/")
+    if len(parts) != 3 or f"{parts[0]}/" != DRILLS_PREFIX or parts[2] != DRILL_REPORT:
+        return None
+    return parts[1] if is_backup_id(parts[1]) else None
 
 
 def db_slug(name: str) -> str:

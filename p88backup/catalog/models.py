@@ -138,6 +138,77 @@ class BaseBackupManifest(_ManifestBase):
 Manifest = Annotated[DumpManifest | BaseBackupManifest, Field(discriminator="kind")]
 
 
+# -- restore drills -------------------------------------------------------------------------
+
+
+class DrillCheckResult(_Model):
+    """One check a drill ran on its scratch server, or why it did not run."""
+
+    name: str
+    kind: Literal["row_counts", "sql", "amcheck"]
+    database: str | None = None
+    status: Literal["passed", "failed", "skipped"]
+    detail: str = ""
+    seconds: float = 0.0
+
+
+class DrillRun(_Model):
+    """One drill: the latest dump, or the latest base backup + WAL, restored into a scratch cluster."""
+
+    kind: Literal["dump", "pitr"]
+    backup_id: str | None = Field(None, description="the dump or base backup restored (None: none was chosen)")
+    ok: bool
+    error: str | None = Field(None, description="why the restore itself failed, when it did")
+    server_major: int | None = None
+    port: int | None = None
+    databases: list[str] = Field(default_factory=list, description="databases restored (dump) or checked (pitr)")
+    source_now: datetime = Field(description="the source's clock when this drill's restore started")
+    newest_restorable: datetime | None = Field(
+        None, description="dump: its snapshot time; pitr: the last replayed commit (pg_last_xact_replay_timestamp)"
+    )
+    newest_restorable_basis: str = ""
+    rto_seconds: float | None = Field(
+        None, description="start of the restore until the server answered with row counts and SQL checks passed"
+    )
+    rpo_seconds: float | None = Field(None, description="source_now minus newest_restorable")
+    restore_seconds: float | None = None
+    checks_seconds: float = 0.0
+    amcheck_seconds: float = Field(0.0, description="pg_amcheck, after the RTO clock stopped")
+    setup_seconds: float = Field(0.0, description="drill overhead before the restore: space check, initdb, start")
+    cleanup_seconds: float = Field(0.0, description="drill overhead after: stopping and removing the scratch cluster")
+    lsn: str | None = None
+    timeline: int | None = None
+    checks: list[DrillCheckResult] = Field(default_factory=list)
+
+    @property
+    def failed_checks(self) -> list[DrillCheckResult]:
+        return [c for c in self.checks if c.status == "failed"]
+
+
+class DrillSource(_Model):
+    """What the drill saw of the production server (read only)."""
+
+    clock: Literal["production", "drill host"] = Field(description="whose clock source_now comes from")
+    note: str | None = Field(None, description="why the drill host's clock was used")
+    databases_before: list[str] | None = None
+    databases_after: list[str] | None = None
+
+
+class DrillReport(_Model):
+    """A drill's report: ``drills/<id>/report.json``, written once after the scratch clusters are gone."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    kind: Literal["drill"] = "drill"
+    id: str
+    started_at: datetime
+    finished_at: datetime
+    ok: bool
+    host: str = ""
+    p88backup_version: str
+    source: DrillSource
+    drills: list[DrillRun]
+
+
 def warm_up() -> None:
     """Build the manifest validators now (e.g. in a thread while data streams)."""
     for model in (StoredObject, Encoding, DatabaseDump, DumpManifest, BaseBackupManifest):
