@@ -34,6 +34,7 @@ class ExitCode(IntEnum):
     PITR_TARGET = 15  # the recovery target cannot be reached with what is stored
     INTERRUPTED = 16  # stopped by a signal (SIGTERM/SIGINT) before finishing
     ARCHIVING = 17  # WAL is not reaching the archive (archive_command failing, wal-stream not shipping)
+    UNHEALTHY = 18  # status: a backup, the WAL archive or the last drill is past its threshold, or a drill failed
     RESTORE_COMMAND_FAILED = 126  # wal-fetch: any failure other than "not found"
 
 
@@ -56,6 +57,8 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.PITR_TARGET: "the recovery target cannot be reached with what is stored",
     ExitCode.INTERRUPTED: "stopped by a signal before finishing",
     ExitCode.ARCHIVING: "WAL is not reaching the archive (archive_command failing, wal-stream not shipping)",
+    ExitCode.UNHEALTHY: "status: protection has stopped (a backup, the WAL archive or the last drill is "
+    "older than its threshold, or the last drill failed)",
     ExitCode.RESTORE_COMMAND_FAILED: "wal-fetch failed for a reason other than 'not found'",
 }
 
@@ -155,6 +158,12 @@ class ArchivingError(P88Error):
     """WAL does not reach the archive: a base backup cannot become usable."""
 
     exit_code = ExitCode.ARCHIVING
+
+
+class UnhealthyError(P88Error):
+    """``status`` judged something unhealthy: the message names every failed check."""
+
+    exit_code = ExitCode.UNHEALTHY
 
 
 def restore_command_status(exc: BaseException) -> int:

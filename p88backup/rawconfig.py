@@ -184,6 +184,7 @@ SCHEMA = Table(
         Setting("work_dir", "path", default_factory=_tmp("p88backup")),
         Setting("lock_dir", "path", default_factory=_tmp("p88backup-locks")),
         Setting("retry_deadline_seconds", "float", 120.0, gt=0),
+        Setting("metrics_textfile", "path", nullable=True, relative=True),
         Table(
             "retention",
             (

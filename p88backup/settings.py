@@ -185,6 +185,9 @@ class Settings(BaseSettings):
     work_dir: Path = Path(tempfile.gettempdir()) / "p88backup"
     lock_dir: Path = Path(tempfile.gettempdir()) / "p88backup-locks"
     retry_deadline_seconds: float = Field(120.0, gt=0)
+    metrics_textfile: Path | None = Field(
+        None, description="one-shot commands merge their Prometheus metrics into this node-exporter textfile"
+    )
 
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     dump: DumpSettings = Field(default_factory=DumpSettings)
@@ -231,6 +234,7 @@ class Settings(BaseSettings):
 
         self.age_recipients_file = fix(self.age_recipients_file)
         self.age_identity_file = fix(self.age_identity_file)
+        self.metrics_textfile = fix(self.metrics_textfile)
         for d in self.reindex:
             d.mappings = fix(d.mappings)
             d.settings = fix(d.settings)
