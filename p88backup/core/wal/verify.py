@@ -7,16 +7,26 @@ cannot pass it). Timeline branches (forks) are listed from the history files.
 Segment names only have a meaning for a given segment size, so each backup's
 chain is checked with the size recorded in its manifest, and an archive
 without base backups with the size its newest segment states.
+
+The report also says how fresh the archive is (:mod:`p88backup.core.wal.freshness`):
+a gap-free archive that simply stopped receiving WAL is not one to rely on,
+and ``status`` judges it. Staleness is reported here, not a failure: gaps are.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from p88backup.catalog.backups import Catalog
 from p88backup.core.wal import names as walnames
 from p88backup.core.wal.archive import WalArchive
+from p88backup.core.wal.freshness import WalFreshness, measure
 from p88backup.errors import VerifyError
+
+if TYPE_CHECKING:
+    from p88backup.pg.conn import ConnInfo
 
 
 @dataclass
@@ -41,6 +51,7 @@ class WalReport:
     chains: list[BackupChain]
     gaps: list[tuple[str, str]]
     segment_size: int | None = None
+    freshness: WalFreshness | None = None
 
     @property
     def ok(self) -> bool:
@@ -58,6 +69,7 @@ class WalReport:
             "base_backups": [
                 {**asdict(c), "gaps": [{"from": a, "to": b} for a, b in c.gaps], "ok": c.ok} for c in self.chains
             ],
+            "freshness": self.freshness.as_dict() if self.freshness else None,
         }
 
 
@@ -69,7 +81,16 @@ def newest_timeline(histories: dict[int, list[walnames.HistoryEntry]], start: in
     return tli
 
 
-def verify_wal(catalog: Catalog, archive: WalArchive) -> WalReport:
+def verify_wal(
+    catalog: Catalog,
+    archive: WalArchive,
+    *,
+    conninfo: ConnInfo | None = None,
+    no_server_reason: str = "no database_url configured",
+    now: datetime | None = None,
+) -> WalReport:
+    """Gaps per base backup and on each timeline, and the archive's freshness (with the server's
+    lag when ``conninfo`` is given and the server answers)."""
     listing = list(archive.objects())
     segments = sorted(name for name, _ in listing if len(name) == 24)
     histories = archive.histories(listing)
@@ -116,4 +137,7 @@ def verify_wal(catalog: Catalog, archive: WalArchive) -> WalReport:
             except walnames.WalNameError as exc:  # a name that does not fit the archive's segment size
                 raise VerifyError(f"the WAL archive is inconsistent: {exc}") from None
     newest = max(segments, key=walnames.segment_sort_key) if segments else None
-    return WalReport(len(segments), newest, tli, timelines, chains, sorted(all_gaps), size)
+    freshness = measure(
+        archive, listing, now=now or datetime.now(UTC), conninfo=conninfo, no_server_reason=no_server_reason
+    )
+    return WalReport(len(segments), newest, tli, timelines, chains, sorted(all_gaps), size, freshness)
