@@ -5,9 +5,11 @@ Settings load on first use, so ``--help`` works even with a broken config.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import update_wrapper
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
     from p88backup.storage import Storage
     from p88backup.stream import Codec
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 @dataclass
 class App:
@@ -24,6 +28,10 @@ class App:
     verbose: int = 0
     _settings: Settings | None = field(default=None, repr=False)
     _storage: Storage | None = field(default=None, repr=False)
+    started: bool = False
+    """The command's body began (set by :func:`pass_app`)."""
+    stored_bytes: int | None = None
+    """Bytes the command stored (dump, basebackup): cli.main records them in the job's metrics."""
 
     @property
     def settings(self) -> Settings:
@@ -69,4 +77,15 @@ class App:
             self._storage.close()
 
 
-pass_app = click.make_pass_decorator(App)
+def pass_app(f: F) -> F:
+    """Pass the App as the first argument (``click.make_pass_decorator(App)``) and mark it started:
+    cli.main records a job's metrics only for a command that ran (not for ``--help``)."""
+
+    def new_func(*args: Any, **kwargs: Any) -> Any:
+        app = click.get_current_context().find_object(App)
+        if app is None:
+            raise RuntimeError("no App in the context: commands run under the p88backup CLI root")
+        app.started = True
+        return f(app, *args, **kwargs)
+
+    return update_wrapper(new_func, f)  # type: ignore[return-value]

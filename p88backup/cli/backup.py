@@ -80,6 +80,7 @@ def dump_cmd(
     t0 = time.monotonic()
     with job_lock(s.lock_dir, "dump", wait=wait), byte_progress("pg_dump") as progress:
         manifest = Dumper(app.conninfo, app.storage, app.codec, options, progress=progress).run()
+    app.stored_bytes = manifest.stored_bytes
     summary = dump_summary(manifest)
     summary["seconds"] = round(time.monotonic() - t0, 2)
     log.info("dump finished", extra={"p88": summary})
@@ -186,6 +187,7 @@ def basebackup_cmd(app: App, wal_timeout: float, no_archive_check: bool, as_json
     options = BaseBackupOptions(wal_timeout=wal_timeout, pg_bin_dir=s.pg_bin_dir, archive_check=not no_archive_check)
     with job_lock(s.lock_dir, "basebackup", wait=wait), byte_progress("pg_basebackup") as progress:
         manifest = BaseBackupRunner(app.conninfo, app.storage, app.codec, options, progress=progress).run()
+    app.stored_bytes = manifest.stored_bytes
     seconds = round(time.monotonic() - t0, 2)
     summary = backup_row(manifest) | {"seconds": seconds}
     if as_json:

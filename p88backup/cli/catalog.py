@@ -1,14 +1,18 @@
-"""``list`` and ``status``: what is stored, and how old the newest of each is."""
+"""``list`` and ``status``: what is stored, and whether it still protects anything."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from p88backup.cli import render
 from p88backup.cli.app import App, pass_app
+
+FC = TypeVar("FC", bound=Callable[..., Any])
 
 
 def backup_row(m: object) -> dict[str, object]:
@@ -79,8 +83,34 @@ def list_cmd(app: App, kind: str, as_json: bool) -> None:
     )
 
 
+def _duration_option(name: str, what: str) -> Callable[[FC], FC]:
+    return click.option(
+        f"--max-{name.replace('_', '-')}-age",
+        f"max_{name}_age",
+        metavar="DURATION",
+        default=None,
+        callback=_parse_duration,
+        help=f"Unhealthy when {what} is older than this (15m, 26h, 8d, 1d12h) [default: status.max_{name}_age].",
+    )
+
+
+def _parse_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    from p88backup.times import TimeFormatError, parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value).total_seconds()
+    except TimeFormatError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (stable interface).")
+@_duration_option("dump", "the newest dump")
+@_duration_option("basebackup", "the newest base backup")
+@_duration_option("wal", "the newest archived WAL while the server has written more")
+@_duration_option("drill", "the newest drill report")
 @click.option(
     "--component",
     type=click.Choice(["wal-stream"]),
@@ -100,8 +130,27 @@ def list_cmd(app: App, kind: str, as_json: bool) -> None:
     "that count as unhealthy [default: 120].",
 )
 @pass_app
-def status_cmd(app: App, as_json: bool, component: str | None, spool: Path | None, max_age: float | None) -> None:
-    """How recoverable are we right now: newest backup of each kind and its age.
+def status_cmd(
+    app: App,
+    as_json: bool,
+    max_dump_age: float | None,
+    max_basebackup_age: float | None,
+    max_wal_age: float | None,
+    max_drill_age: float | None,
+    component: str | None,
+    spool: Path | None,
+    max_age: float | None,
+) -> None:
+    """Are we still protected? The newest dump, base backup, archived WAL and drill, judged.
+
+    Exits 18 (unhealthy), naming each failed check and by how much, when the
+    newest dump, base backup or drill report is older than its threshold
+    (--max-*-age, else [status] in the config; unset: not checked), the last
+    drill failed, or archiving has stopped: no WAL archived within
+    --max-wal-age while the server wrote at least one more segment. A quiet
+    server that wrote nothing is healthy; telling the two apart needs the
+    server's WAL position (P88_DATABASE_URL), without which the WAL age alone
+    decides, and the output says so.
 
     With --component wal-stream: is the WAL streamer archiving? Healthy means
     running, connected to PostgreSQL and, within --max-age, caught up with
@@ -110,40 +159,86 @@ def status_cmd(app: App, as_json: bool, component: str | None, spool: Path | Non
     if component is not None:
         _component_status(app, spool, max_age, as_json)
         return
+    from p88backup import metrics
     from p88backup.catalog.backups import Catalog
-    from p88backup.catalog.layout import Kind
+    from p88backup.core.health import Limits
+    from p88backup.core.status import collect
+    from p88backup.core.wal.archive import WalArchive
+    from p88backup.errors import UnhealthyError
 
-    now = datetime.now(UTC)
-    catalog = Catalog(app.storage)
-    data: dict[str, object] = {"storage": app.storage.url, "checked_at": now.isoformat()}
-    kinds: tuple[Kind, ...] = ("dump", "basebackup")
-    for kind in kinds:
-        ms = catalog.manifests(kind)
-        newest = ms[-1] if ms else None
-        data[kind + "s"] = {
-            "count": len(ms),
-            "latest_id": newest.id if newest else None,
-            "latest_finished_at": newest.finished_at.isoformat() if newest else None,
-            "latest_age_seconds": round((now - newest.finished_at).total_seconds()) if newest else None,
-        }
+    s = app.settings
+    limits = Limits(
+        max_dump_age=max_dump_age if max_dump_age is not None else s.status.seconds("max_dump_age"),
+        max_basebackup_age=max_basebackup_age
+        if max_basebackup_age is not None
+        else s.status.seconds("max_basebackup_age"),
+        max_wal_age=max_wal_age if max_wal_age is not None else s.status.seconds("max_wal_age"),
+        max_drill_age=max_drill_age if max_drill_age is not None else s.status.seconds("max_drill_age"),
+    )
+    report = collect(
+        Catalog(app.storage),
+        WalArchive(app.storage, app.codec),
+        now=datetime.now(UTC),
+        limits=limits,
+        conninfo=app.conninfo if s.database_url else None,
+    )
+    wal = report.facts.wal
+    metrics.wal_freshness(
+        age_seconds=wal.age_seconds,
+        newest_at=wal.newest_archived_at.timestamp() if wal.newest_archived_at else None,
+        lag_bytes=wal.lag_bytes,
+    )
     if as_json:
-        render.emit_json(data)
-        return
-    click.echo(f"storage: {app.storage.url}")
-    for section in ("dumps", "basebackups"):
+        render.emit_json(report.as_dict())
+    else:
+        _print_status(report.as_dict())
+    failures = report.verdict.failures
+    if failures:
+        raise UnhealthyError(
+            f"unhealthy: {len(failures)} of {len(report.verdict.checks)} checks failed: "
+            + "; ".join(f"{c.name}: {c.reason}" for c in failures)
+        )
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    click.echo(f"storage: {data['storage']}")
+    for section in ("dumps", "basebackups", "drills"):
         d = data[section]
-        assert isinstance(d, dict)
         if d["count"]:
+            passed = "" if section != "drills" else (", passed" if d["latest_ok"] else ", FAILED")
             click.echo(
                 f"{section}: {d['count']}, newest {d['latest_id']} "
-                f"({render.human_duration(d['latest_age_seconds'])} ago)"
+                f"({render.human_duration(d['latest_age_seconds'])} ago{passed})"
             )
         else:
             click.echo(f"{section}: none")
+    wal = data["wal"]
+    if wal["files"]:
+        line = (
+            f"wal: {wal['files']} files, last archived "
+            f"{render.human_duration(wal['newest_age_seconds'] or 0)} ago, newest segment {wal['newest_segment']}"
+        )
+        if wal["server_lsn"] is not None:
+            line += (
+                f"; server at {wal['server_lsn']}, {wal['lag_segments']} finished segment(s) "
+                f"({render.human_bytes(wal['lag_bytes'])}) not archived"
+            )
+        else:
+            line += f"; server position unknown ({wal['server_error']})"
+        click.echo(line)
+    else:
+        click.echo("wal: none archived")
+    for c in data["checks"]:
+        click.echo(f"{'ok  ' if c['ok'] else 'FAIL'}  {c['name']:15} {c['reason']}")
+    click.echo("healthy" if data["healthy"] else "UNHEALTHY")
 
 
 def _component_status(app: App, spool: Path | None, max_age: float | None, as_json: bool) -> None:
-    """``status --component wal-stream``: read the streamer's status file, judge it, exit 17 if unhealthy."""
+    """``status --component wal-stream``: read the streamer's status file, judge it, exit 17 if unhealthy.
+
+    17 (WAL not reaching the archive) is exactly what this one verdict finds, and what every
+    other command that finds it exits with; 18 is for the catalog-wide thresholds. A
+    healthcheck reads only zero or non-zero."""
     import time
 
     from p88backup.core.wal.streamhealth import DEFAULT_MAX_AGE, default_spool, judge, read_status

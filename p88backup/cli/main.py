@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from p88backup import __version__
 from p88backup.errors import EXIT_CODE_HELP, ExitCode, P88Error
 from p88backup.log import report_error
+
+if TYPE_CHECKING:
+    from p88backup.cli.app import App
 
 log = logging.getLogger("p88backup")
 
@@ -90,6 +97,8 @@ def cli(ctx: click.Context, config_file: Path | None, log_format: str | None, ve
 
     logsetup.configure(log_format, verbose)
     app = App(config_file=config_file, verbose=verbose)
+    if isinstance(ctx.obj, Invocation):  # run() is watching: tell it what runs, for the job metrics
+        ctx.obj.app, ctx.obj.command = app, ctx.invoked_subcommand
     ctx.obj = app
     ctx.call_on_close(app.close)
 
@@ -104,10 +113,42 @@ def exit_codes() -> None:
 COMMANDS["exit-codes"] = "p88backup.cli.main:exit_codes"
 
 
+# Commands whose runs are jobs: each run sets p88backup_last_success_timestamp_seconds{job=...} & co.
+# (the job label is the command's name). Others (list, status, config...) only write what they measured.
+JOBS = frozenset({"dump", "basebackup", "verify", "expire", "wal-verify", "drill", "reindex", "restore"})
+
+
+@dataclass
+class Invocation:
+    """What run() learns from the CLI root about the command it ran (for the metrics)."""
+
+    app: App | None = None
+    command: str | None = None
+    usage_error: bool = False
+    """Click refused the command line: the job did not run (its exit status 2 says so)."""
+
+
 def run(argv: list[str] | None = None, prog_name: str = "p88backup") -> int:
-    """Run the CLI and return the exit status. The one exception-to-exit mapping."""
+    """Run the CLI and return the exit status. The one exception-to-exit mapping.
+
+    Then, when ``metrics_textfile`` is set, record a job's outcome and merge
+    what the command measured into that file (see :mod:`p88backup.metrics`).
+    """
+    if "p88backup.metrics" in sys.modules:  # one run, one record (tests run the CLI in-process many times)
+        sys.modules["p88backup.metrics"].reset()
+    invocation = Invocation()
+    started = time.monotonic()
+    status: int = ExitCode.ERROR  # an unexpected exception propagates: the job failed
     try:
-        cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
+        status = _run(argv, prog_name, invocation)
+    finally:
+        _write_metrics(invocation, status, time.monotonic() - started)
+    return status
+
+
+def _run(argv: list[str] | None, prog_name: str, invocation: Invocation) -> int:
+    try:
+        cli.main(args=argv, prog_name=prog_name, standalone_mode=False, obj=invocation)
         return ExitCode.OK
     except P88Error as exc:
         report_error(exc)
@@ -115,6 +156,7 @@ def run(argv: list[str] | None = None, prog_name: str = "p88backup") -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
+        invocation.usage_error = isinstance(exc, click.UsageError)
         exc.show()
         return int(exc.exit_code)
     except click.exceptions.Abort:
@@ -136,6 +178,39 @@ def run(argv: list[str] | None = None, prog_name: str = "p88backup") -> int:
 
         report_error(DatabaseError(f"PostgreSQL error: {first_line(exc)}"))
         return ExitCode.DATABASE
+
+
+def _metrics_textfile(app: App) -> Path | None:
+    try:
+        return app.settings.metrics_textfile
+    except P88Error:
+        # Broken settings fail the job (exit 3); the environment may still say where that is recorded.
+        raw = os.environ.get("P88_METRICS_TEXTFILE", "").strip()
+        return Path(raw) if raw else None
+
+
+def _write_metrics(invocation: Invocation, status: int, seconds: float) -> None:
+    """Record the job and write the textfile; never changes the exit status (a failure is logged)."""
+    app, command = invocation.app, invocation.command
+    if app is None or command is None or not app.started or invocation.usage_error:
+        return  # no command ran: --help (Click answers it before the command starts), a bad command line
+    path = _metrics_textfile(app)
+    if path is None:
+        return
+    from p88backup import metrics
+
+    if command in JOBS:
+        ok = status == ExitCode.OK
+        metrics.job_finished(command, ok=ok, seconds=seconds, stored_bytes=app.stored_bytes if ok else None)
+    if not metrics.pending():
+        return
+    try:
+        metrics.write_textfile(path)
+    except (OSError, ValueError) as exc:  # TimeoutError is an OSError
+        log.error(
+            "cannot write the metrics textfile",
+            extra={"p88": {"path": str(path), "error": str(exc), "command": command}},
+        )
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ the same code if called through Click)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import click
 
 from p88backup.cli.app import App, pass_app
 from p88backup.walcli import FETCH_HELP, PUSH_HELP
+
+log = logging.getLogger("p88backup")
 
 
 def _fast(ctx: click.Context, command: str, args: list[str]) -> None:
@@ -107,17 +110,34 @@ def wal_verify_cmd(app: App, as_json: bool) -> None:
     """Check the WAL archive: from each base backup to the newest segment, any gap?
 
     Lists timelines (and where each branched) and exits 6 if any base backup
-    cannot be rolled forward to the newest archived WAL.
+    cannot be rolled forward to the newest archived WAL. Also reports how
+    fresh the archive is: when it last received WAL and, when the database
+    is reachable (P88_DATABASE_URL), how far the server is ahead of it; an
+    archive that stopped while the server kept writing (status.max_wal_age)
+    is reported, not an error here: `p88backup status` fails on it.
     """
+    from p88backup import metrics
     from p88backup.catalog.backups import Catalog
     from p88backup.cli import render
+    from p88backup.core.health import wal_check
     from p88backup.core.wal.archive import WalArchive
     from p88backup.core.wal.verify import verify_wal
     from p88backup.errors import VerifyError
 
-    report = verify_wal(Catalog(app.storage), WalArchive(app.storage, app.codec))
+    s = app.settings
+    report = verify_wal(
+        Catalog(app.storage), WalArchive(app.storage, app.codec), conninfo=app.conninfo if s.database_url else None
+    )
+    fresh = report.freshness
+    assert fresh is not None
+    archiving = wal_check(fresh, s.status.seconds("max_wal_age"))
+    metrics.wal_freshness(
+        age_seconds=fresh.age_seconds,
+        newest_at=fresh.newest_archived_at.timestamp() if fresh.newest_archived_at else None,
+        lag_bytes=fresh.lag_bytes,
+    )
     if as_json:
-        render.emit_json(report.as_dict())
+        render.emit_json(report.as_dict() | {"archiving": archiving.as_dict()})
     else:
         click.echo(
             f"{report.segments} WAL segments, newest {report.newest_segment} (timeline {report.newest_timeline})"
@@ -130,6 +150,9 @@ def wal_verify_cmd(app: App, as_json: bool) -> None:
                 + "".join(f"  missing {a}..{b}" for a, b in c.gaps)
                 + (f"  {c.error}" if c.error else "")
             )
+        click.echo(f"{'fresh' if archiving.ok else 'STALE'}  {archiving.reason}")
+    if not archiving.ok:
+        log.warning("WAL archive is stale", extra={"p88": {"reason": archiving.reason}})
     if not report.ok:
         a, b = report.gaps[0] if report.gaps else ("?", "?")
         raise VerifyError(f"the WAL archive has gaps: first missing {a}" + (f" to {b}" if b != a else ""))
