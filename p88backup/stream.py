@@ -378,6 +378,13 @@ def age_decrypt(src: Readable, identities: list[Any]) -> Readable:
                 f"age decryption failed: {exc}",
                 hint="is P88_AGE_IDENTITY_FILE the key matching the backup's recipients?",
             ) from None
+        except OSError as exc:
+            # pyrage reports a damaged or cut payload (the key matched) as a bare OSError
+            if source.error is not None:
+                raise source.error from None
+            if isinstance(exc, BrokenPipeError):
+                raise  # our reader went away; nobody is waiting for this error
+            raise VerifyError(f"age payload is damaged or truncated: {exc}") from None
 
     return _PipeStage(work, "age-decrypt")
 
