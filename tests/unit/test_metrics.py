@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from p88backup import metrics
-from tests.harness.helpers import REPO
+from tests.harness.helpers import REPO, cli_env
 
 
 @pytest.fixture(autouse=True)
@@ -192,3 +192,21 @@ def test_the_registry_defines_every_documented_series() -> None:
     readme = (REPO / "README.md").read_text()
     exposed = {n + "_total" if n == "p88backup_job_failures" else n for n in names}
     assert not {n for n in exposed if f"`{n}" not in readme}, "README's Metrics section lists every series"
+
+
+def test_the_archive_fast_path_never_loads_prometheus_client(tmp_path: Path) -> None:
+    """wal-push runs once per WAL segment: it records no metrics and must not pay for the client."""
+    prom = tmp_path / "p88backup.prom"
+    env = cli_env(tmp_path, P88_STORAGE_URL=f"file://{tmp_path}/store", P88_METRICS_TEXTFILE=str(prom))
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "p88backup", "wal-push", str(tmp_path / "000000010000000000000001")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 5, r.stderr  # no such file: the command ran and failed
+    imported = {ln.split("|")[-1].strip() for ln in r.stderr.splitlines() if ln.startswith("import time:")}
+    assert "prometheus_client" not in imported and "p88backup.metrics" not in imported
+    assert not prom.exists()
