@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "list": "p88backup.cli.catalog:list_cmd",
     "status": "p88backup.cli.catalog:status_cmd",
     "verify": "p88backup.cli.backup:verify_cmd",
+    "keys": "p88backup.cli.keys:keys_cmd",
     "restore": "p88backup.cli.restore:restore_cmd",
     "expire": "p88backup.cli.expire:expire_cmd",
     "wal-push": "p88backup.cli.wal:wal_push_cmd",
@@ -134,8 +135,6 @@ def run(argv: list[str] | None = None, prog_name: str = "p88backup") -> int:
     Then, when ``metrics_textfile`` is set, record a job's outcome and merge
     what the command measured into that file (see :mod:`p88backup.metrics`).
     """
-    if "p88backup.metrics" in sys.modules:  # one run, one record (tests run the CLI in-process many times)
-        sys.modules["p88backup.metrics"].reset()
     invocation = Invocation()
     started = time.monotonic()
     status: int = ExitCode.ERROR  # an unexpected exception propagates: the job failed
