@@ -126,13 +126,20 @@ def archive_lag(newest: str | None, server: ServerPosition) -> tuple[int, int, i
 
 def server_position(conninfo: ConnInfo) -> ServerPosition:
     """The server's current WAL position (any role may ask). DatabaseError if unreachable or a standby."""
+    import psycopg
+
+    from p88backup.pg.conn import first_line
+
     with conninfo.connect() as conn:
-        row: Any = conn.execute(
-            "SELECT pg_is_in_recovery(),"
-            " CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()::text END,"
-            " CASE WHEN NOT pg_is_in_recovery() THEN pg_walfile_name(pg_current_wal_lsn()) END,"
-            " (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')"
-        ).fetchone()
+        try:
+            row: Any = conn.execute(
+                "SELECT pg_is_in_recovery(),"
+                " CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()::text END,"
+                " CASE WHEN NOT pg_is_in_recovery() THEN pg_walfile_name(pg_current_wal_lsn()) END,"
+                " (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')"
+            ).fetchone()
+        except psycopg.Error as exc:  # e.g. a statement_timeout: the position is unknown, not a crash
+            raise DatabaseError(f"cannot read the WAL position of {conninfo.describe()}: {first_line(exc)}") from None
     in_recovery, lsn, walfile, segment_size = row
     if in_recovery:
         raise DatabaseError(f"{conninfo.describe()} is in recovery (a standby): it does not archive its own WAL")
