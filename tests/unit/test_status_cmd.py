@@ -20,6 +20,7 @@ from p88backup.catalog.models import DrillCheckResult, DrillReport, DrillRun, Dr
 from p88backup.errors import ExitCode
 from p88backup.storage import open_storage
 from tests.harness.helpers import cli_env, fake_basebackup_manifest, fake_dump_manifest, init_storage, run_cli
+from tests.harness.procs import free_port
 
 NOW = datetime.now(UTC)
 
@@ -153,3 +154,14 @@ def test_a_job_that_fails_on_its_settings_still_counts_the_failure(tmp_path: Pat
     }
     assert got[("p88backup_job_failures_total", (("job", "dump"),))] == 1.0
     assert ("p88backup_last_success_timestamp_seconds", (("job", "dump"),)) not in got
+
+
+def test_an_unreachable_database_leaves_the_verdict_to_the_ages(tmp_path: Path) -> None:
+    """status judges protection, not the database: a server it cannot ask is reported, not fatal."""
+    env, catalog = catalog_env(tmp_path, P88_DATABASE_URL=f"postgresql://backup@127.0.0.1:{free_port()}/p88")
+    catalog.write(fake_dump_manifest(NOW.strftime("%Y%m%dT%H%M%SZ"), NOW))
+    code, doc = status(env, "--max-dump-age", "1h")
+    assert code == 0, doc
+    assert doc["wal"]["server_lsn"] is None and "cannot connect to PostgreSQL" in doc["wal"]["server_error"]
+    r = run_cli(["wal-verify", "--json"], env, timeout=60)
+    assert r.returncode == 0 and "cannot connect" in json.loads(r.stdout)["freshness"]["server_error"]
