@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "list": "p88backup.cli.catalog:list_cmd",
     "status": "p88backup.cli.catalog:status_cmd",
     "verify": "p88backup.cli.backup:verify_cmd",
+    "keys": "p88backup.cli.keys:keys_cmd",
     "restore": "p88backup.cli.restore:restore_cmd",
     "expire": "p88backup.cli.expire:expire_cmd",
     "wal-push": "p88backup.cli.wal:wal_push_cmd",
