@@ -33,7 +33,8 @@ def expire_cmd(app: App, dry_run: bool, as_json: bool, wait: float) -> None:
     deleted only when no retained base backup needs it. The newest good
     backup of each kind is never deleted. Manifests that do not describe
     their own folder are skipped and reported, and hold WAL expiry back.
-    Incomplete runs older than retention.orphan_grace_hours go too.
+    Incomplete runs older than retention.orphan_grace_hours go too, and drill
+    reports beyond the newest 10.
     """
     from p88backup.core.retention.expire import Expirer
     from p88backup.core.retention.policy import BaseBackupPolicy, GfsPolicy
@@ -79,6 +80,8 @@ def expire_cmd(app: App, dry_run: bool, as_json: bool, wait: float) -> None:
             click.echo(f"  timeline {run['timeline']}: {run['first']} .. {run['last']} ({run['count']} files)")
     elif plan.wal_held:
         click.echo(f"no WAL expired: {plan.wal_held}")
+    if plan.drill_reports.expire:
+        click.echo(f"{verb} {len(plan.drill_reports.expire)} drill reports: {', '.join(plan.drill_reports.expire)}")
     for m in plan.bad_manifests:
         click.echo(f"skipped bad manifest {m.key}: {m.error}")
     for o in plan.orphans:

@@ -5,6 +5,10 @@ exactly what ``--dry-run`` prints; applying it deletes each expired backup
 manifest-first. Directories without a manifest (killed runs) go once they
 are older than the grace period and no run of that job is in progress.
 
+Drill reports (``drills/<id>/report.json``) are not backups: they are never
+orphans of any kind, and the newest ten are kept
+(:func:`~p88backup.core.retention.policy.plan_drill_reports`).
+
 Base backups and WAL follow the live timeline's history (DESIGN §3.11, see
 :mod:`p88backup.core.retention.policy`), which is read from the archived
 ``.history`` files. A manifest that cannot be trusted is skipped and
@@ -34,6 +38,7 @@ from p88backup.core.retention.policy import (
     WalNeed,
     hold_base_backups,
     plan_base_backups,
+    plan_drill_reports,
     plan_gfs,
     plan_wal,
 )
@@ -60,6 +65,7 @@ class ExpirePlan:
     bad_manifests: list[BadManifest] = field(default_factory=list)
     orphans: list[Orphan] = field(default_factory=list)
     skipped_orphan_kinds: list[str] = field(default_factory=list)
+    drill_reports: Decision = field(default_factory=lambda: Decision({}, []))
 
     def wal_ranges(self) -> list[dict[str, object]]:
         """Expired WAL as runs of consecutive segments per timeline, oldest first.
@@ -128,6 +134,7 @@ class ExpirePlan:
                 for o in self.orphans
             ],
             "orphans_skipped_for_running_jobs": self.skipped_orphan_kinds,
+            "drill_reports": {"keep": list(self.drill_reports.keep), "expire": list(self.drill_reports.expire)},
         }
 
 
@@ -172,7 +179,13 @@ class Expirer:
             log.error("base backups and WAL kept: timeline histories unreadable", extra={"p88": {"error": str(exc)}})
         else:
             base_decision = plan_base_backups(candidates, self.base_policy, now, histories)
-        plan = ExpirePlan(decision, base_decision, bad_manifests=bad_dumps + bad_bases)
+        drills, bad_drills = self.catalog.scan_drills()
+        plan = ExpirePlan(
+            decision,
+            base_decision,
+            bad_manifests=bad_dumps + bad_bases + bad_drills,
+            drill_reports=plan_drill_reports([Candidate(r.id, r.started_at) for r in drills], now),
+        )
         if self.archive is not None:
             self._plan_wal(plan, bases, listing, records, histories, bad_bases)
         kinds: tuple[Kind, ...] = ("dump", "basebackup")
@@ -272,6 +285,9 @@ class Expirer:
             manifest = self._manifests.get((kind, bid)) or self.catalog.read(kind, bid)
             self.catalog.delete(manifest)
             log.info("expired backup", extra={"p88": {"kind": kind, "id": bid}})
+        for did in plan.drill_reports.expire:
+            self.catalog.delete_drill(did)
+            log.info("expired drill report", extra={"p88": {"id": did}})
         if plan.wal:
             # Only after the base backups that needed it are gone; digest records
             # in a second call, so no batch can remove a record before its file.

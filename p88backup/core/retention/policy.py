@@ -329,6 +329,20 @@ def plan_count_or_window(
     return _decide(rows, reasons, lambda c: outside if c.good else _BAD)
 
 
+DRILL_REPORTS_KEPT = 10
+
+
+def plan_drill_reports(candidates: Sequence[Candidate], now: datetime, keep: int = DRILL_REPORTS_KEPT) -> Decision:
+    """Drill reports: keep the newest ``keep`` (10), passed or failed, and expire older ones.
+
+    Reports are history, not restore points: a count is enough to read trends
+    and to see the last failure next to the passes that followed it. The
+    guards of :func:`plan_count_or_window` apply (a report dated in the future
+    stays).
+    """
+    return plan_count_or_window(candidates, keep, None, now)
+
+
 def _branch_note(c: BaseCandidate, histories: Mapping[int, list[walnames.HistoryEntry]], live: int) -> str:
     """Where an off-history backup lies, in words an operator can check against the history files."""
     for entry in histories.get(live, []):
