@@ -46,14 +46,27 @@ def backup_row(m: object) -> dict[str, object]:
 
 
 @click.command("list")
-@click.option("--kind", type=click.Choice(["dump", "basebackup", "all"]), default="all", show_default=True)
+@click.option(
+    "--kind",
+    type=click.Choice(["dump", "basebackup", "all", "drill"]),
+    default="all",
+    show_default=True,
+    help="all = every backup (dumps and base backups); drill = the stored restore drill reports.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array (stable interface).")
 @pass_app
 def list_cmd(app: App, kind: str, as_json: bool) -> None:
-    """List complete backups, oldest first. Incomplete runs are never listed."""
+    """List complete backups, oldest first. Incomplete runs are never listed.
+
+    With --kind drill: the restore drill reports, oldest first (--json: each
+    report as stored, with its RTO, RPO and checks per drill).
+    """
     from p88backup.catalog.backups import Catalog
     from p88backup.catalog.models import DumpManifest
 
+    if kind == "drill":
+        _list_drills(app, as_json)
+        return
     catalog = Catalog(app.storage)
     kinds = ["dump", "basebackup"] if kind == "all" else [kind]
     manifests = [m for k in kinds for m in catalog.manifests(k)]  # type: ignore[arg-type]
@@ -79,6 +92,44 @@ def list_cmd(app: App, kind: str, as_json: bool) -> None:
                 "yes" if m.encoding.encryption else "no",
             )
             for m in manifests
+        ],
+    )
+
+
+def _list_drills(app: App, as_json: bool) -> None:
+    """``list --kind drill``: a drill row is the stored report itself (its own fields, not a backup's)."""
+    from p88backup.catalog.backups import Catalog
+    from p88backup.catalog.models import DrillReport
+
+    reports = Catalog(app.storage).drills()
+    if as_json:
+        render.emit_json([r.model_dump(mode="json") for r in reports])
+        return
+    if not reports:
+        click.echo(f"no drill reports in {app.storage.url}")
+        return
+
+    def figures(r: DrillReport, kind: str) -> str:
+        run = next((d for d in r.drills if d.kind == kind), None)
+        if run is None:
+            return "-"
+        if not run.ok:
+            return "FAILED"
+        return f"{render.human_duration(run.rto_seconds)} / {render.human_duration(run.rpo_seconds)}"
+
+    render.table(
+        f"drill reports in {app.storage.url}",
+        ["id", "finished (UTC)", "result", "dump RTO / RPO", "pitr RTO / RPO", "backups"],
+        [
+            (
+                r.id,
+                r.finished_at.strftime("%Y-%m-%d %H:%M:%S"),
+                "passed" if r.ok else "FAILED",
+                figures(r, "dump"),
+                figures(r, "pitr"),
+                ", ".join(f"{d.kind} {d.backup_id}" for d in r.drills),
+            )
+            for r in reports
         ],
     )
 
