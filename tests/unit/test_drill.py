@@ -20,10 +20,11 @@ from p88backup.core.drill import checks, report, scratch
 from p88backup.core.drill.interrupts import DrillInterrupt, Interrupts
 from p88backup.core.drill.run import DrillOptions, DrillRunner
 from p88backup.core.retention.policy import Candidate, plan_drill_reports
-from p88backup.errors import CryptoError, ExitCode, NotFoundError, RefusedError
+from p88backup.errors import CryptoError, ExitCode, NotFoundError, PgToolError, RefusedError
 from p88backup.storage import open_storage
 from p88backup.stream import Codec
 from tests.harness.helpers import cli_env, fake_dump_manifest, initialised, json_out, run_cli
+from tests.harness.postgres import tools_search_path
 from tests.harness.procs import make_traversable
 from tests.unit.test_drill_catalog import fake_report
 
@@ -237,7 +238,8 @@ def catalog() -> Catalog:
 
 def _runner(catalog: Catalog, tmp_path: Path, codec: Codec | None = None, **kw: Any) -> DrillRunner:
     make_traversable(tmp_path)  # as root, the scratch servers' owner must reach work_dir
-    options = DrillOptions(work_dir=tmp_path / "work", restore_command="false", **kw)
+    bins = Path(tools_search_path())  # every installed major, as the CLI tests give it
+    options = DrillOptions(work_dir=tmp_path / "work", restore_command="false", pg_bin_dir=bins, **kw)
     return DrillRunner(catalog.storage, codec or Codec(), options, source=None)
 
 
@@ -258,6 +260,16 @@ def test_an_encrypted_backup_without_the_key_is_refused_at_once(catalog: Catalog
         _runner(catalog, tmp_path).run()
     assert err.value.exit_code == ExitCode.CRYPTO
     assert not (tmp_path / "work").exists()  # refused before anything was made
+
+
+def test_a_backup_whose_server_programs_are_missing_is_refused_at_once(catalog: Catalog, tmp_path: Path) -> None:
+    m = fake_dump_manifest("20261127T021500Z", T0)
+    m.server_version_num = 90624  # PostgreSQL 9.6: nothing here can run it
+    catalog.write(m)
+    with pytest.raises(PgToolError, match="initdb of PostgreSQL 9 is needed") as err:
+        _runner(catalog, tmp_path).run()
+    assert err.value.exit_code == ExitCode.PG_TOOL
+    assert not (tmp_path / "work").exists()
 
 
 def test_a_restore_that_would_not_fit_is_refused(catalog: Catalog, tmp_path: Path) -> None:

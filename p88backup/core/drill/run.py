@@ -5,7 +5,8 @@ Order of a run, each step refusing early what would fail later:
 1. choose what to drill (the latest dump, the latest base backup: each when
    asked for, by default when the storage has one);
 2. refuse at once (exit 12) when one of them is encrypted and no age identity
-   is configured: a drill runs where the key is, the drill host;
+   is configured: a drill runs where the key is, the drill host; and (exit 7)
+   when the server programs of a backup's major are not installed here;
 3. remove what an earlier drill could not (a killed run's scratch folder);
 4. refuse (exit 9) when a restore would not fit in ``work_dir``;
 5. each drill, one after the other, in its own scratch cluster that is
@@ -135,6 +136,20 @@ class DrillRunner:
                 hint=exc.hint,
             ) from None
 
+    def _need_programs(self, dump: DumpManifest | None, base: BaseBackupManifest | None) -> None:
+        """PgToolError (exit 7) now, when the server programs a drill needs are not installed here."""
+        from p88backup.pg.tools import client_for, server_for
+
+        bins = self.opt.pg_bin_dir
+        if dump is not None:
+            for name in ("initdb", "pg_ctl", "postgres"):
+                server_for(name, dump.server_version_num // 10000, bins)
+        if base is not None:
+            for name in ("pg_ctl", "postgres"):
+                server_for(name, base.server_version_num // 10000, bins)
+            if self.opt.verify:
+                client_for("pg_verifybackup", base.server_version_num // 10000, bins)
+
     def _check_space(self, dump: DumpManifest | None, base: BaseBackupManifest | None) -> None:
         work = self.opt.work_dir
         free = free_bytes(work)
@@ -157,6 +172,7 @@ class DrillRunner:
         t_start = time.monotonic()
         dump, base = self.choose()
         self._need_key(dump, base)
+        self._need_programs(dump, base)
         owner = server_owner(self.opt.owner)
         work = self.opt.work_dir
         blocked = unreachable_parent(work, owner)
