@@ -206,6 +206,19 @@ def test_who_may_enter_a_directory(mode: int, uid: int, gids: list[int], ok: boo
     assert scratch.may_traverse(mode, U, G, uid, gids) is ok
 
 
+def test_the_first_directory_the_servers_owner_cannot_enter(tmp_path: Path) -> None:
+    make_traversable(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o000)  # nobody but root enters, whoever owns it
+    try:
+        assert scratch.unreachable_parent(locked / "work" / "deeper", "postgres") == locked
+        assert scratch.unreachable_parent(tmp_path / "open" / "work", "postgres") is None  # made by us, for it
+        assert scratch.unreachable_parent(locked / "work", None) is None  # not root: the servers run as us
+    finally:
+        os.chmod(locked, 0o700)
+
+
 # -- signals ----------------------------------------------------------------------------------------
 
 

@@ -175,13 +175,13 @@ class DrillRunner:
         self._need_programs(dump, base)
         owner = server_owner(self.opt.owner)
         work = self.opt.work_dir
-        blocked = unreachable_parent(work, owner)
+        work.mkdir(parents=True, exist_ok=True)
+        blocked = unreachable_parent(work, owner)  # checked after mkdir: a umask may have made it 0700
         if blocked is not None:
             raise RefusedError(
                 f"{owner} cannot enter {blocked}, on the way to work_dir {work}: the scratch servers run as {owner}",
                 hint=f"let {owner} traverse it (chmod o+x), or point work_dir (P88_WORK_DIR) elsewhere",
             )
-        work.mkdir(parents=True, exist_ok=True)
         source = Source(self.source_ci)
         taken = {o.key.split("/")[1] for o in self.storage.list(layout.DRILLS_PREFIX) if o.key.count("/") >= 2}
         drill_id = layout.backup_id(started, taken)
