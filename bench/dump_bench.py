@@ -147,6 +147,7 @@ class Options:
     check: bool
     s3: Literal["minio", "moto", "none"]
     workdir: Path | None
+    pg_major: int | None = None
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -169,10 +170,15 @@ def parse_args(argv: list[str] | None) -> Options:
         help="S3 server for the S3 cases (default minio; none skips them)",
     )
     p.add_argument("--workdir", type=Path, help="parent of the temporary work directory (default: $TMPDIR)")
+    p.add_argument(
+        "--pg-major",
+        type=int,
+        help="PostgreSQL major of a new cluster (default: the harness's, 16; earlier figures were on 15)",
+    )
     a = p.parse_args(argv)
     if a.repeat < 1 or a.scale < 1 or a.rows < 0:
         p.error("--repeat and --scale must be >= 1, --rows >= 0")
-    return Options(a.scale, a.rows, a.repeat, a.reuse, a.keep, a.check, a.s3, a.workdir)
+    return Options(a.scale, a.rows, a.repeat, a.reuse, a.keep, a.check, a.s3, a.workdir, a.pg_major)
 
 
 def say(msg: str) -> None:
@@ -195,11 +201,11 @@ def reopen_cluster(base: Path) -> PgCluster:
     return PgCluster(datadir=datadir, port=port, bindir=bindir, logfile=base / "postgres.log", socket_dir=base / "sock")
 
 
-def open_cluster(base: Path) -> PgCluster:
+def open_cluster(base: Path, major: int | None = None) -> PgCluster:
     cluster = (
         reopen_cluster(base)
         if (base / "data" / "PG_VERSION").exists()
-        else PgCluster.create(base, settings=LOAD_SETTINGS)
+        else PgCluster.create(base, settings=LOAD_SETTINGS, major=major)
     )
     cluster.start()
     return cluster
@@ -702,7 +708,7 @@ def run(opt: Options) -> int:
         pg_base = opt.reuse.resolve() if opt.reuse else work / "pg"  # a --reuse cluster always stays
         logs = work / "logs"
         logs.mkdir()
-        cluster = open_cluster(pg_base)
+        cluster = open_cluster(pg_base, opt.pg_major)
         stack.callback(cluster.stop)
         ensure_database(cluster, opt, pg_base, logs)
         say(describe_database(cluster))

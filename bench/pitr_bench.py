@@ -289,8 +289,12 @@ def setup_tools(cluster: PgCluster, work: Path, logs: Path) -> Tools:
 # -- the cluster ----------------------------------------------------------------
 
 
-def build_cluster(base: Path, scale: int, logs: Path) -> PgCluster:
-    cluster = PgCluster.create(base, settings=CLUSTER_SETTINGS)
+# pgBackRest 2.45 (Debian 12's) knows PostgreSQL up to 15: both tools are measured on Debian's 15.
+PGBACKREST_MAJOR = 15
+
+
+def build_cluster(base: Path, scale: int, logs: Path, major: int = PGBACKREST_MAJOR) -> PgCluster:
+    cluster = PgCluster.create(base, settings=CLUSTER_SETTINGS, major=major)
     cluster.start()
     t0 = time.monotonic()
     say(f"building database {DB_NAME}: pgbench -i -s {scale} ...")
