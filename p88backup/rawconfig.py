@@ -83,6 +83,23 @@ def check_port_range(value: tuple[int, int]) -> str | None:
     return None
 
 
+def check_schedule(value: str) -> str | None:
+    """A ``[schedule]`` job: ``off`` or a cron expression (see :mod:`p88backup.schedule.cron`)."""
+    from p88backup.schedule.cron import check_schedule as check  # stdlib only; when a schedule is given
+
+    return check(value)
+
+
+def check_listen(value: str) -> str | None:
+    """``HOST:PORT`` for the scheduler's HTTP server (``0.0.0.0:9188``, ``127.0.0.1:9188``, ``[::]:9188``)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return "must be HOST:PORT with a port from 1 to 65535, e.g. 0.0.0.0:9188"
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        return "an IPv6 address goes in brackets: [::]:9188"
+    return None
+
+
 def split_words(value: str) -> list[str]:
     """``"a, b c"`` -> ``["a", "b", "c"]`` (lists of words in the environment)."""
     return [w for w in value.replace(",", " ").split() if w]
@@ -250,10 +267,20 @@ SCHEMA = Table(
         Table(
             "schedule",
             tuple(
-                Setting(job, "str", nullable=True)
-                for job in ("dump", "basebackup", "expire", "drill", "reindex", "wal_verify")
+                Setting(job, "str", default, check=check_schedule)
+                for job, default in (
+                    ("dump", "15 2 * * *"),
+                    ("basebackup", "45 2 * * 0"),
+                    ("expire", "30 4 * * *"),
+                    ("drill", "0 5 * * 0"),
+                    ("reindex", "off"),
+                    ("wal_verify", "5 * * * *"),
+                )
             )
-            + (Setting("listen", "str", "0.0.0.0:9188"),),
+            + (
+                Setting("listen", "str", "0.0.0.0:9188", check=check_listen),
+                Setting("stop_grace_seconds", "float", 90.0, gt=0),
+            ),
         ),
         Table(
             "status",

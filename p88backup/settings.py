@@ -111,15 +111,32 @@ class DrillSettings(_Table):
 
 
 class ScheduleSettings(_Table):
-    """Cron expressions (5 fields, UTC) for ``p88backup schedule``."""
+    """When ``p88backup schedule`` runs each job: a cron expression (5 fields, UTC) or ``off``.
 
-    dump: str | None = None
-    basebackup: str | None = None
-    expire: str | None = None
-    drill: str | None = None
-    reindex: str | None = None
-    wal_verify: str | None = None
-    listen: str = "0.0.0.0:9188"
+    The defaults are the times of ``cron/p88backup`` and the compose sidecar. ``dump`` is
+    followed by ``verify`` of the dump it made.
+    """
+
+    dump: str = "15 2 * * *"
+    basebackup: str = "45 2 * * 0"
+    expire: str = "30 4 * * *"
+    drill: str = "0 5 * * 0"
+    reindex: str = "off"
+    wal_verify: str = "5 * * * *"
+    listen: str = Field("0.0.0.0:9188", description="HOST:PORT of /healthz and /metrics")
+    stop_grace_seconds: float = Field(
+        90.0, gt=0, description="on SIGTERM, running jobs are aborted and everything has stopped within this"
+    )
+
+    @field_validator("dump", "basebackup", "expire", "drill", "reindex", "wal_verify")
+    @classmethod
+    def _check_schedule(cls, v: str) -> str:
+        return _checked(rawconfig.check_schedule, v)  # type: ignore[no-any-return]
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        return _checked(rawconfig.check_listen, v)  # type: ignore[no-any-return]
 
 
 class StatusSettings(_Table):
