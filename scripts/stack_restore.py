@@ -100,7 +100,10 @@ def stamp(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
 
 
-def pitr_steps(target: str, pgdata: str, aside: str, wal_timeout: int = BASEBACKUP_WAL_TIMEOUT) -> list[Step]:
+def pitr_steps(
+    target: str, pgdata: str, aside: str, wal_timeout: int = BASEBACKUP_WAL_TIMEOUT, timeline: int | None = None
+) -> list[Step]:
+    follow = ("--timeline", str(timeline)) if timeline is not None else ()
     return [
         Step("stop the app and the sidecar (it stores the WAL it has before it exits)", "stop", (*APP, SIDECAR)),
         Step("stop the database (fast shutdown, with its checkpoint)", "stop", (DB,)),
@@ -112,7 +115,7 @@ def pitr_steps(target: str, pgdata: str, aside: str, wal_timeout: int = BASEBACK
         Step(
             f"restore {target} into {pgdata}: base backup + WAL, recover, promote, stop cleanly",
             "restore_in_volume",
-            ("restore", "--pitr", target, "--target-dir", pgdata, "--start", "--stop"),
+            ("restore", "--pitr", target, *follow, "--target-dir", pgdata, "--start", "--stop"),
         ),
         Step("start the database on the restored data directory (a new timeline)", "start", (DB,)),
         Step(
@@ -363,7 +366,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         epilog="Examples:\n"
         "  scripts/stack-restore --pitr 2026-11-27T14:04:00+01:00\n"
         "  scripts/stack-restore --pitr latest --identity /root/p88backup.age\n"
-        "  scripts/stack-restore --dump latest\n",
+        "  scripts/stack-restore --dump latest\n"
+        "  scripts/stack-restore --pitr latest --timeline 1      (back to the newest point of timeline 1)\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = p.add_mutually_exclusive_group(required=True)
@@ -371,6 +375,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     what.add_argument("--dump", metavar="ID|latest", help="a nightly dump of the stack's database")
     p.add_argument("-C", "--directory", default=".", help="the compose/ directory (default: the current one)")
     p.add_argument("--identity", metavar="FILE", help="age private key file, for encrypted backups")
+    p.add_argument(
+        "--timeline",
+        type=int,
+        metavar="N",
+        help="--pitr: follow timeline N instead of the newest (e.g. back to the state before an earlier restore)",
+    )
     p.add_argument(
         "--wal-timeout",
         type=int,
@@ -384,6 +394,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.pitr is not None and not args.pitr.strip():
         p.error("--pitr needs a target: a time with zone, latest, name:LABEL, ...")
+    if args.timeline is not None and args.pitr is None:
+        p.error("--timeline goes with --pitr")
     if args.identity and not os.path.isabs(args.identity):
         args.identity = os.path.abspath(args.identity)
     return args
@@ -398,7 +410,7 @@ def main(argv: Sequence[str] | None = None, confirm: Callable[[str], str] = inpu
         when = stamp()
         if args.pitr is not None:
             aside = f"{stack.pgdata}.before-{when}"
-            steps = pitr_steps(args.pitr, stack.pgdata, aside, args.wal_timeout)
+            steps = pitr_steps(args.pitr, stack.pgdata, aside, args.wal_timeout, args.timeline)
             print(
                 f"point-in-time restore to {args.pitr} into {stack.pgdata} (volume {stack.volume_name});"
                 f" the old data directory is kept as {aside}"

@@ -166,6 +166,7 @@ def test_pitr_into_the_same_directory_and_the_sidecar_archives_the_new_timeline(
     time.sleep(1.2)
     pg.sql("DELETE FROM orders WHERE id % 3 = 0", "p88")  # the incident
     seg = switch_and_wait(stack)
+    archived_on_timeline_1 = table_checksums(pg, "p88")
     # the premise of issue 13: the spool holds a .partial of the old timeline past the fork point
     pg.sql("INSERT INTO orders (note) SELECT 'after the last switch' FROM generate_series(1, 100)", "p88")
     partial = stack.spool / f"{seg[:16]}{int(seg[16:], 16) + 1:08X}.partial"
@@ -203,6 +204,16 @@ def test_pitr_into_the_same_directory_and_the_sidecar_archives_the_new_timeline(
     r = run_cli(["status", "--component", "wal-stream", "--spool", str(stack.spool), "--json"], env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert stack.streamer is not None and stack.streamer.poll() is None
+
+    # The restore was the wrong call: back to the newest archived point of timeline 1, the runbook's
+    # way (a second restore, --timeline 1), from a stack that is itself a restored one. What only
+    # the old spool's .partial held (the last insert) was never archived: that is the RPO.
+    aside2 = f"{pgdata}.before-{sr.stamp()}-2"
+    sr.run(sr.pitr_steps("latest", pgdata, aside2, wal_timeout=120, timeline=1), stack, print)
+    assert table_checksums(pg, "p88") == archived_on_timeline_1
+    assert pg.scalar("SELECT timeline_id FROM pg_control_checkpoint()") == 3
+    assert json_out(run_cli(["wal-verify", "--json"], env))["newest_timeline"] == 3
+    assert [b["timeline"] for b in json_out(run_cli(["list", "--kind", "basebackup", "--json"], env))] == [1, 2, 3]
 
 
 def _run_initdb_script(pg: PgCluster) -> None:

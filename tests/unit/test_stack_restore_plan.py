@@ -104,6 +104,25 @@ def test_pitr_steps_are_in_the_supported_order() -> None:
     assert steps[3].args == ("restore", "--pitr", "latest", "--target-dir", PGDATA, "--start", "--stop")
 
 
+def test_a_timeline_is_passed_to_the_restore() -> None:
+    steps = sr.pitr_steps("latest", PGDATA, "x", timeline=1)
+    restore = next(s for s in steps if s.action == "restore_in_volume")
+    assert restore.args == (
+        "restore",
+        "--pitr",
+        "latest",
+        "--timeline",
+        "1",
+        "--target-dir",
+        PGDATA,
+        "--start",
+        "--stop",
+    )
+    assert cli_parse_error(restore.args) is None
+    with pytest.raises(SystemExit):
+        sr.parse_args(["--dump", "latest", "--timeline", "1"])
+
+
 def test_dump_steps_swap_the_restored_database_in() -> None:
     steps = sr.dump_steps("latest", "p88", "p88_restored_x", "p88_before_x")
     assert [s.action for s in steps] == [
