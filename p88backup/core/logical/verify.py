@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,31 +120,35 @@ class Verifier:
         """Without the key: size, SHA-256 and age structure of every object (see the module docstring)."""
         report = VerifyReport(manifest.kind, manifest.id, level=STORED)
         recipients = len(manifest.encoding.recipients)
-        for obj in manifest.objects:
+
+        def structure(obj: StoredObject) -> None:
+            raw = VerifyingReader(self.storage.open(obj.key), obj)
             try:
-                check_stat(self.storage, obj)
-                raw = VerifyingReader(self.storage.open(obj.key), obj)
-                try:
-                    # reads to the end: the SHA-256 is compared there, after the structure
-                    agefile.check_stream(raw, recipients=recipients, what=obj.key)
-                finally:
-                    raw.close()
-                report.checks.append(ObjectCheck(obj.key, True))
-            except P88Error as exc:
-                problem = str(exc) if obj.key in str(exc) else f"{obj.key}: {exc}"
-                log.error("verify failed", extra={"p88": {"key": obj.key, "problem": problem}})
-                report.checks.append(ObjectCheck(obj.key, False, problem))
+                # reads to the end: the SHA-256 is compared there, after the structure
+                agefile.check_stream(raw, recipients=recipients, what=obj.key)
+            finally:
+                raw.close()
+
+        for obj in manifest.objects:
+            self._record(report, obj, structure)
         return report
 
     def _check(self, report: VerifyReport, obj: StoredObject, encrypted: bool, consume) -> None:  # type: ignore[no-untyped-def]
-        try:
-            check_stat(self.storage, obj)
+        def decode(obj: StoredObject) -> None:
             decoded, raw = open_decoded(self.storage, obj, self.codec, encrypted=encrypted)
             try:
                 consume(decoded)
                 drain(decoded)  # the consumer may stop early; checksums need the whole object
             finally:
                 raw.close()
+
+        self._record(report, obj, decode)
+
+    def _record(self, report: VerifyReport, obj: StoredObject, check: Callable[[StoredObject], None]) -> None:
+        """Run ``check`` after the size pre-check; record the object as good or with its problem."""
+        try:
+            check_stat(self.storage, obj)
+            check(obj)
             report.checks.append(ObjectCheck(obj.key, True))
         except P88Error as exc:
             problem = str(exc) if obj.key in str(exc) else f"{obj.key}: {exc}"
