@@ -159,7 +159,11 @@ def _run(argv: list[str] | None, prog_name: str, invocation: Invocation) -> int:
         invocation.usage_error = isinstance(exc, click.UsageError)
         exc.show()
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            # Click turns SIGINT's KeyboardInterrupt into Abort even outside standalone mode.
+            click.echo("Interrupted.", err=True)
+            return ExitCode.INTERRUPTED
         click.echo("Aborted.", err=True)
         return ExitCode.ERROR
     except KeyboardInterrupt:

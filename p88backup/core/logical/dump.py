@@ -202,6 +202,15 @@ class Dumper:
                     objects = [self._dump_custom(pg_dump, ci, snap, bid, name)]
                 else:
                     objects = self._dump_directory(pg_dump, ci, snap, bid, name)
+            except BaseException:
+                # Failed or interrupted (SIGINT): the counting query may be waiting on a lock for as
+                # long as pg_dump was; cancel it, or the join below waits with it and the run's cleanup
+                # (PendingBackup) never comes.
+                try:
+                    conn.cancel_safe(timeout=10)
+                except Exception as exc:
+                    log.debug("cannot cancel the row count", extra={"p88": {"error": str(exc)}})
+                raise
             finally:
                 th.join()
             if errors:
