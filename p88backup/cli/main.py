@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "wal-verify": "p88backup.cli.wal:wal_verify_cmd",
     "basebackup": "p88backup.cli.backup:basebackup_cmd",
     "restore-point": "p88backup.cli.wal:restore_point_cmd",
+    "schedule": "p88backup.cli.schedule:schedule_cmd",
     "reindex": "p88backup.cli.reindex:reindex_cmd",
     "drill": "p88backup.cli.drill:drill_cmd",
     "config": "p88backup.cli.config_cmd:config_cmd",
