@@ -234,3 +234,24 @@ def test_a_history_file_whose_switchpoints_go_backwards_is_archived_and_restored
     archive.fetch("00000003.history", dest)
     assert dest.read_text() == text
     assert archive.histories()[3][-1].parent_timeline == 2
+
+
+def test_history_files_are_stored_unencrypted_so_hosts_without_the_key_can_follow_timelines(
+    storage: MemoryStorage, identity: tuple[str, Path], tmp_path: Path
+) -> None:
+    # The sidecar has only the public key: after a PITR became production, wal-verify and expire
+    # there must still read 00000002.history (before: exit 12, and expire deleted nothing).
+    recipient, key_file = identity
+    server = WalArchive(storage, make_codec(threads=1, recipients=[recipient]))
+    history = tmp_path / "00000002.history"
+    history.write_text("1\t0/3000090\tno recovery target specified\n")
+    pushed = server.push(history)
+    assert pushed.key == wal_key("00000002.history", ".zst")
+    assert server.push(history).already_archived  # identical re-push, no key needed
+    assert WalArchive(storage, make_codec(threads=1)).histories()[2][0].parent_timeline == 1
+    segment(tmp_path / NAME, 3)
+    assert server.push(tmp_path / NAME).key.endswith(".zst.age")  # WAL itself stays encrypted
+    # The restore side (with the identity) fetches it like any file.
+    dest = tmp_path / "fetched.history"
+    WalArchive(storage, make_codec(threads=1, identity_file=key_file)).fetch("00000002.history", dest)
+    assert dest.read_text() == history.read_text()

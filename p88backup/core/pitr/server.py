@@ -29,6 +29,15 @@ from p88backup.pg.tools import server_for
 log = logging.getLogger(__name__)
 
 
+# Connection errors that waiting will not cure (the others mean: starting up, still in recovery).
+_NEVER_LETS_US_IN = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",  # role or database
+    "authentication failed",
+)
+
+
 @dataclass
 class Promotion:
     """What the promoted server says about the end of its recovery."""
@@ -107,7 +116,13 @@ class RestoredServer:
                             switchpoint=self.switchpoint(row[2]),
                             segment_size=int(row[3]),
                         )
-            except Exception as exc:  # not accepting connections yet
+            except Exception as exc:  # not accepting connections yet, unless it can never let us in
+                if any(s in str(exc) for s in _NEVER_LETS_US_IN):
+                    raise PitrTargetError(
+                        f"the restored server refuses our connection: {first_line(exc)}",
+                        hint="the restore connects to it as database_url's user (its pg_hba.conf and roles are "
+                        f"the backup's); the server keeps running, see {self.logfile}",
+                    ) from None
                 log.debug("waiting for the restored server", extra={"p88": {"error": first_line(exc)}})
             if time.monotonic() > deadline:
                 raise PitrTargetError(f"recovery did not finish within {self.timeout:.0f}s", hint=f"see {self.logfile}")

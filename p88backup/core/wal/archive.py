@@ -46,6 +46,12 @@ re-push compares digests without any key. A file archived before records
 existed is compared by decoding when the identity is configured (and gets
 its record then); without it the push fails saying so.
 
+**History files are never encrypted.** A ``.history`` file holds no table
+data (timeline ids, switch LSNs, a reason such as a restore point's name),
+and every reader of the archive needs it: ``wal-verify``, ``expire`` and the
+PITR planner follow timelines with it on hosts that do not have the private
+key (the sidecar). So it is stored compressed only, whatever the codec.
+
 Unencrypted files need no record (decoding needs no key: they are compared
 by decoding, as always). ``.partial`` files are replaced by newer ones and
 never compared: no record either. Whoever deletes WAL (``expire``) deletes
@@ -221,6 +227,8 @@ class PushResult:
 class WalArchive:
     def __init__(self, storage: Storage, codec: Codec) -> None:
         self.storage, self.codec = storage, codec
+        # For history files (see the module docstring): compression only, the same identity for reading.
+        self._plain = Codec(level=codec.level, threads=codec.threads, identity_file=codec.identity_file)
 
     # -- push -----------------------------------------------------------------
 
@@ -241,20 +249,21 @@ class WalArchive:
                 key = wal_key(name, self.codec.suffix)
                 return self._store(key, fh, overwrite=True)
             # Everything else is create-only.
+            codec = self._plain if kind == "history" else self.codec
             local: str | None = None
             existing = self.find(name)
             if existing is None:
-                key = wal_key(name, self.codec.suffix)
+                key = wal_key(name, codec.suffix)
                 claim: _Background | None = None
                 src: Readable = fh
-                if self.codec.encrypted:
+                if codec.encrypted:
                     # Hash and claim beside the compression (another core), but the put sees
                     # the end of its input only once the claim is stored: the file can never
                     # become visible before its digest record.
                     claim = _Background(lambda: self._claim_file(path, name, size))
                     src = _EndAfter(fh, claim.wait)
                 try:
-                    return self._store(key, src, overwrite=False)
+                    return self._store(key, src, overwrite=False, codec=codec)
                 except ObjectExistsError:
                     existing = self.find(name)  # a concurrent push won the race
                     if existing is None:
@@ -271,9 +280,9 @@ class WalArchive:
             self.storage.sync(key)
         return PushResult(name, existing.key, True, size, existing.size)
 
-    def _store(self, key: str, fh: Readable, *, overwrite: bool) -> PushResult:
+    def _store(self, key: str, fh: Readable, *, overwrite: bool, codec: Codec | None = None) -> PushResult:
         raw = CountingReader(fh)
-        stored = CountingReader(encode(raw, self.codec))
+        stored = CountingReader(encode(raw, codec or self.codec))
         self.storage.put(key, stored, overwrite=overwrite)
         return PushResult(wal_name_of_key(key) or key, key, False, raw.size, stored.size)
 
