@@ -155,7 +155,14 @@ class JobRunner:
 
     def _command(self, key: str, args: tuple[str, ...]) -> Outcome | None:
         command = args[0]
-        proc = self.children.spawn([*self.base_argv, *args], role=command, stdout=subprocess.PIPE)
+        try:
+            proc = self.children.spawn([*self.base_argv, *args], role=command, stdout=subprocess.PIPE)
+        except OSError as exc:  # no process could be made (EAGAIN, EMFILE...): a failed run, said so
+            from p88backup import metrics
+
+            metrics.job_finished(command, ok=False, seconds=0.0)
+            log.error("job could not start", extra={"p88": {"job": command, "schedule": key, "error": str(exc)}})
+            return None
         if proc is None:
             log.info("job not started: the scheduler is stopping", extra={"p88": {"job": command, "schedule": key}})
             return None

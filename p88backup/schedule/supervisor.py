@@ -73,7 +73,13 @@ class WalStreamSupervisor:
         pause = 0.0
         while not self.stopping.is_set():
             started = self.clock()
-            proc = self.children.spawn(self.argv, role="wal-stream")
+            try:
+                proc = self.children.spawn(self.argv, role="wal-stream")
+            except OSError as exc:  # no process could be made (EAGAIN, EMFILE...): try again later
+                pause = next_backoff(pause, 0.0, low=self.min_backoff, high=self.max_backoff)
+                log.error("cannot start wal-stream", extra={"p88": {"error": str(exc), "in_seconds": pause}})
+                self.stopping.wait(pause)
+                continue
             if proc is None:
                 return  # the daemon is stopping
             self._proc = proc

@@ -274,6 +274,13 @@ def test_a_drill_run_records_each_drill_s_result(fake: Any) -> None:
     assert sample("p88backup_job_failures_total", job="drill") == 1
 
 
+def test_a_job_that_cannot_be_started_is_a_failed_run(tmp_path: Path, records: Records) -> None:
+    JobRunner(Children(), [str(tmp_path / "no-such-program")]).run("expire")
+    (line,) = records.lines("job could not start")
+    assert line["job"] == "expire" and line["level"] == "ERROR"
+    assert sample("p88backup_job_failures_total", job="expire") == 1
+
+
 def test_nothing_starts_once_closed(fake: Any, records: Records) -> None:
     children = Children()
     children.close()
@@ -362,6 +369,17 @@ def test_wal_stream_is_restarted_with_backoff_and_stopped_with_sigterm(fake: Any
     assert [(r["result"], r["in_seconds"]) for r in restarts] == [("storage", 0.1), ("storage", 0.2)]
     assert ("wal-stream", "sigterm") in {(r["cmd"], r["event"]) for r in fake.runs()}
     assert records.lines("wal-stream stopped")[0]["exit_code"] == 0
+
+
+def test_wal_stream_that_cannot_even_be_started_is_tried_again(tmp_path: Path, records: Records) -> None:
+    """Before: the first failure to make the process ended the supervisor's thread for good."""
+    sup = WalStreamSupervisor(Children(), [str(tmp_path / "no-such-program")], min_backoff=0.05, max_backoff=0.1)
+    sup.start()
+    wait_until(lambda: len(records.lines("cannot start wal-stream")) >= 3, 10, "three attempts")
+    assert sup._thread is not None and sup._thread.is_alive()
+    assert sup.stop() is None
+    sup.join(5)
+    assert not sup._thread.is_alive()
 
 
 def get(url: str) -> tuple[int, bytes, str]:
