@@ -259,7 +259,14 @@ class LocalStorage:
         head, _, _ = prefix.rpartition("/")
         start = self.root / head if head else self.root
         found: builtins.list[ObjectInfo] = []
-        for dirpath, dirnames, filenames in os.walk(start):
+
+        def unreadable(exc: OSError) -> None:
+            # A directory that vanished while we walked is simply gone; one we may not read would
+            # hide objects: a listing that silently leaves them out could make WAL look missing.
+            if not isinstance(exc, FileNotFoundError):
+                raise _os_error(exc, f"cannot list {exc.filename} in {self.url}")
+
+        for dirpath, dirnames, filenames in os.walk(start, onerror=unreadable):
             if Path(dirpath) == self.root:
                 dirnames[:] = [d for d in dirnames if d != TMP_DIR]
             rel_dir = os.path.relpath(dirpath, self.root)

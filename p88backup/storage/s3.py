@@ -368,11 +368,21 @@ class S3Storage:
 
         self._require_init()
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than_seconds)
+        uploads: builtins.list[Any] = []
+        markers: dict[str, Any] = {}
         try:
-            resp = self._call(
-                "list uploads",
-                lambda: self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix),
-            )
+            while True:
+                page = dict(markers)
+                resp = self._call(
+                    "list uploads",
+                    lambda page=page: self._client.list_multipart_uploads(  # type: ignore[misc]
+                        Bucket=self.bucket, Prefix=self.prefix, **page
+                    ),
+                )
+                uploads += resp.get("Uploads", [])
+                if not resp.get("IsTruncated"):
+                    break
+                markers = {"KeyMarker": resp["NextKeyMarker"], "UploadIdMarker": resp["NextUploadIdMarker"]}
         except StorageError as exc:
             # A policy scoped to the prefix cannot grant this (no s3:prefix condition for it on
             # MinIO): the leftovers are invisible, so say who must clean them instead of failing expire.
@@ -385,7 +395,7 @@ class S3Storage:
             )
             return []
         aborted: builtins.list[str] = []
-        for up in resp.get("Uploads", []):
+        for up in uploads:
             if up["Initiated"] < cutoff:
                 self._abort(up["Key"], up["UploadId"])
                 aborted.append(up["Key"][len(self.prefix) :])

@@ -83,3 +83,41 @@ def test_init_refuses_a_root_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "store").write_text("not a directory")
     with pytest.raises(StorageError, match="not a directory"):
         initialise(LocalStorage(tmp_path / "store"))
+
+
+def test_a_directory_it_may_not_read_is_an_error_not_a_shorter_listing(tmp_path: Path) -> None:
+    # As root every directory is readable: drop to another user's view with a subprocess if needed.
+    import os
+    import subprocess
+    import sys
+
+    from tests.harness.helpers import initialised
+
+    s = initialised(LocalStorage(tmp_path / "store"))
+    s.put("wal/00000001/000000010000000000000001.zst", io.BytesIO(b"x"))
+    os.chmod(tmp_path / "store" / "wal" / "00000001", 0o000)
+    code = (
+        "import sys; from pathlib import Path; from p88backup.storage.local import LocalStorage\n"
+        "from p88backup.errors import StorageError\n"
+        f"s = LocalStorage(Path({str(tmp_path / 'store')!r}))\n"
+        "try:\n    print(len(list(s.list('wal/'))))\nexcept StorageError as e:\n    print('error', e)\n"
+    )
+    user = "postgres" if os.geteuid() == 0 else None
+    if user:
+        from tests.harness.procs import make_traversable
+
+        make_traversable(tmp_path)
+        for d in (tmp_path / "store", tmp_path / "store" / "wal"):
+            os.chmod(d, 0o755)
+        os.chmod(tmp_path / "store" / "p88backup.json", 0o644)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        user=user,
+        group=user,
+        extra_groups=[] if user else None,
+        timeout=60,
+    )
+    os.chmod(tmp_path / "store" / "wal" / "00000001", 0o755)
+    assert r.stdout.startswith("error") and "cannot list" in r.stdout, r.stdout + r.stderr

@@ -18,7 +18,7 @@ from p88backup.catalog.layout import wal_key
 from p88backup.catalog.models import Encoding
 from p88backup.core.pitr.plan import Target
 from p88backup.core.pitr.restore import PitrOptions, PitrRestorer
-from p88backup.errors import CryptoError, PgToolError
+from p88backup.errors import CryptoError, ObjectNotFoundError, PgToolError
 from p88backup.storage.memory import MemoryStorage
 from p88backup.stream import make_codec
 from tests.harness.helpers import fake_basebackup_manifest, initialised
@@ -33,6 +33,7 @@ def _storage(encrypted: bool) -> MemoryStorage:
     if encrypted:
         manifest = manifest.model_copy(update={"encoding": Encoding(encryption="age", recipients=[RECIPIENT])})
     Catalog(storage).write(manifest)
+    storage.put(manifest.files[0].key, io.BytesIO(b"x"))  # its base.tar object, of the recorded size (1)
     for n in (2, 3):
         storage.put(wal_key(f"00000001000000000000000{n}", ".zst"), io.BytesIO(b"w"))
     return storage
@@ -60,4 +61,14 @@ def test_missing_server_programs_refuse_before_force_empties_the_target(tmp_path
     options = PitrOptions(Target("latest"), target, "true", force=True, start=True, pg_bin_dir=empty_bin)
     with pytest.raises(PgToolError, match="PostgreSQL 16"):
         PitrRestorer(_storage(encrypted=False), make_codec(), options).run()
+    assert (target / "precious").read_text() == "keep me"
+
+
+def test_missing_base_backup_object_refuses_before_force_empties_the_target(tmp_path: Path) -> None:
+    # The manifest is there, its base.tar is not (lost, or expired meanwhile): nothing to restore from.
+    storage = _storage(encrypted=False)
+    storage.delete(Catalog(storage).basebackups()[0].files[0].key)
+    target = _non_empty(tmp_path)
+    with pytest.raises(ObjectNotFoundError):
+        PitrRestorer(storage, make_codec(), PitrOptions(Target("latest"), target, "true", force=True)).run()
     assert (target / "precious").read_text() == "keep me"

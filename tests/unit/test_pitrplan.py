@@ -259,3 +259,39 @@ def test_plan_follows_a_history_whose_switchpoints_go_backwards() -> None:
     # 'late' ended on timeline 1 after timeline 3 had left it: not on 3's history.
     assert plan.timeline == 3 and plan.backup_id == "early" and plan.replay_to == seg(7, 3)
     assert not on_history(late, hist, 3) and on_history(early, hist, 3)
+
+
+def test_latest_along_a_timeline_whose_tail_is_missing_is_refused() -> None:
+    # Timeline 2 branched from 1 at segment 9: timeline 1 ran at least that far. Following timeline 1
+    # (`--timeline 1`, back before a restore) with its WAL after segment 6 gone must not end quietly
+    # at segment 6: the gap check alone cannot see a missing tail.
+    hist = {2: [HistoryEntry(1, 9 * SEG + 0x100, "restore")]}
+    wal = archive(2, 6) | archive(9, 12, tli=2) | {"00000002.history": T0}
+    with pytest.raises(PitrTargetError, match="timeline 1 ran to 0/9000100.*ends at 000000010000000000000006"):
+        plan_recovery([PB], Target("latest"), wal, hist, timeline=1)
+    whole = archive(2, 10) | archive(9, 12, tli=2) | {"00000002.history": T0}
+    assert plan_recovery([PB], Target("latest"), whole, hist, timeline=1).replay_to == seg(10)
+
+
+def test_the_planner_reads_names_at_the_backups_segment_size() -> None:
+    # 1 MiB segments: ...0100 and later are valid names (they were dropped as 16 MiB names).
+    size = 1024 * 1024
+    names = {f"00000001{n >> 12:08X}{n & 0xFFF:08X}": T0 for n in range(0xFF0, 0x1011)}
+    b = B(
+        "b",
+        1,
+        walnames_lsn(0xFF0 * size + 40),
+        walnames_lsn(0xFF1 * size),
+        T0,
+        None,
+        "000000010000000000000FF0",
+        "000000010000000000000FF1",
+    )
+    plan = plan_recovery([b], Target("latest"), names, {}, segment_size=size)
+    assert plan.replay_to == "000000010000000100000010"
+
+
+def walnames_lsn(lsn: int) -> str:
+    from p88backup.core.wal.names import format_lsn
+
+    return format_lsn(lsn)

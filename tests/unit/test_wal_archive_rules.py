@@ -179,8 +179,8 @@ def test_wal_verify_uses_the_segment_size_of_each_base_backup(storage: MemorySto
         names[0],
         start_lsn=walnames.format_lsn(start + 0x28),
         stop_lsn=walnames.format_lsn(start + 0x1000),
+        segment_size=size,
     )
-    manifest.wal_segment_size = size
     storage.put(manifest.files[0].key, io.BytesIO(b"x"))
     Catalog(storage).write(manifest)
     report = verify_wal(Catalog(storage), WalArchive(storage, make_codec()))
@@ -255,3 +255,40 @@ def test_history_files_are_stored_unencrypted_so_hosts_without_the_key_can_follo
     dest = tmp_path / "fetched.history"
     WalArchive(storage, make_codec(threads=1, identity_file=key_file)).fetch("00000002.history", dest)
     assert dest.read_text() == history.read_text()
+
+
+def test_wal_verify_sees_a_base_backup_whose_own_wal_is_missing(storage: MemoryStorage) -> None:
+    # The archive ends inside the backup's own range: past the newest file the gap check sees nothing,
+    # but this backup cannot be restored at all.
+    when = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+    manifest = fake_basebackup_manifest("20261127T020000Z", when, NAME, stop_lsn="0/5000100")
+    Catalog(storage).write(manifest)
+    storage.put(wal_key(NAME, ".zst"), io.BytesIO(b"x"))  # ...03 only; 04 and 05 are missing
+    report = verify_wal(Catalog(storage), WalArchive(storage, make_codec(threads=1)))
+    assert not report.ok
+    assert report.chains[0].gaps == [("000000010000000000000004", "000000010000000000000005")]
+
+
+def test_an_object_gone_between_head_and_get_is_not_not_found(tmp_path: Path) -> None:
+    # S3 opens with HEAD and GETs on the first read: a NoSuchKey there must not make wal-fetch say
+    # "not in the archive" (exit 1: PostgreSQL would end recovery), but fail (126).
+    import botocore.exceptions as bce
+
+    from p88backup.errors import restore_command_status
+    from p88backup.storage.s3 import S3Storage
+
+    class Gone:
+        def head_object(self, Bucket: str, Key: str) -> dict[str, object]:
+            if Key.endswith(".age"):
+                raise bce.ClientError({"Error": {"Code": "404"}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "Head")
+            return {"ContentLength": 100, "ETag": '"e"', "LastModified": None}
+
+        def get_object(self, Bucket: str, Key: str, **kw: object) -> dict[str, object]:
+            error = {"Error": {"Code": "NoSuchKey"}, "ResponseMetadata": {"HTTPStatusCode": 404}}
+            raise bce.ClientError(error, "GetObject")  # type: ignore[arg-type]
+
+    s3 = S3Storage("b", "p", client=Gone())  # type: ignore[arg-type]
+    s3._initialised = True  # type: ignore[attr-defined]  # the marker check is not what this test is about
+    with pytest.raises(Exception) as err:
+        WalArchive(s3, make_codec(threads=1)).fetch(NAME, tmp_path / "x")
+    assert restore_command_status(err.value) == 126 and "vanished while being fetched" in str(err.value)

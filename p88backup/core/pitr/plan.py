@@ -270,8 +270,8 @@ class WalCheck:
     warnings: tuple[str, ...] = ()
 
 
-def _is_segment(name: str) -> bool:
-    return len(name) == 24 and walnames.is_wal_name(name)
+def _is_segment(name: str, segment_size: int) -> bool:
+    return len(name) == 24 and walnames.is_wal_name(name, segment_size)
 
 
 def _gap_message(first: str, last: str, backup_id: str) -> str:
@@ -298,7 +298,7 @@ def check_wal(
     everything up to the newest segment on the path. xid targets and
     unrecorded restore points have no known position: a gap is a warning.
     """
-    segments = [n for n in wal if _is_segment(n)]
+    segments = [n for n in wal if _is_segment(n, segment_size)]
     start_wal, stop_wal = backup.start_wal, backup.stop_wal
     relevant = {t: h for t, h in histories.items() if t <= timeline}
     try:
@@ -372,6 +372,21 @@ def check_wal(
                 hint="run p88backup wal-verify; pick a target before the gap",
             )
         replay_to = _newest_on_path(segments, start_wal, relevant, timeline, segment_size)
+        # A later timeline's history says how far this one ran: its WAL up to there must all be here
+        # (a tail that was expired or lost is invisible to the gap check, which ends at the newest file).
+        ran_to = max((e.switchpoint for h in histories.values() for e in h if e.parent_timeline == timeline), default=0)
+        if ran_to and replay_to is not None:
+            ran_to_segment = walnames.segment_for_lsn(timeline, ran_to - 1, segment_size)
+            if (
+                walnames.parse_segment_name(replay_to, segment_size)[1]
+                < walnames.parse_segment_name(ran_to_segment, segment_size)[1]
+            ):
+                raise PitrTargetError(
+                    f"timeline {timeline} ran to {walnames.format_lsn(ran_to)} (a later timeline branched off there), "
+                    f"but its archived WAL ends at {replay_to}: WAL up to {ran_to_segment} is missing, so latest "
+                    "cannot be reached along it",
+                    hint="run p88backup wal-verify; a time or LSN target before the missing WAL is restorable",
+                )
     elif gaps:  # xid, unrecorded name: position unknown
         warnings.append(
             _gap_message(*gaps[0], backup.id) + f": if target {target.describe()} lies after it, recovery will "
@@ -435,7 +450,7 @@ def plan_recovery(
             )
     else:
         tli = live_timeline(histories, [b.timeline for b in backups])
-        seen = {int(n[:8], 16) for n in wal if _is_segment(n)} | set(histories)
+        seen = {int(n[:8], 16) for n in wal if _is_segment(n, segment_size)} | set(histories)
         beyond = sorted(t for t in seen if t > tli)
         if beyond:
             missing = f"{tli + 1:08X}.history"

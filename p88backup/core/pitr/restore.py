@@ -217,6 +217,8 @@ class PitrRestorer:
 
     def _preflight(self, backup: BaseBackupManifest) -> None:
         """Everything the restore will need, checked before the target directory is touched."""
+        for obj in backup.files:
+            check_stat(self.storage, obj)  # stored, with the recorded size
         if backup.encoding.encryption == "age" or self._wal_encrypted:
             self.codec.identities()  # CryptoError: no identity file, or it cannot be read
         if shutil.which("tar") is None:

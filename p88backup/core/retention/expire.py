@@ -227,6 +227,16 @@ class Expirer:
             WalNeed(m.id, m.start_wal, live if decision.branch[m.id] == "live" else m.timeline) for m in kept
         ]
         on_live = [m for m in kept if decision.branch[m.id] == "live"]
+        # The branch a point-in-time restore left (its old timeline after the fork) stays restorable
+        # (`restore --timeline N`: "wrong target, go back") until the live timeline has a kept base
+        # backup of its own after the fork: the newest live backup on that old timeline claims it too.
+        forks = {e.parent_timeline: e.switchpoint for e in histories.get(live, [])}
+        for timeline, fork in sorted(forks.items()):
+            before = [m for m in on_live if m.timeline == timeline]
+            after_fork = [m for m in on_live if walnames.parse_lsn(m.start_lsn) >= fork and m.timeline != timeline]
+            if before and not after_fork:
+                newest = max(before, key=lambda m: (walnames.parse_lsn(m.stop_lsn), m.id))
+                plan.wal_needs.append(WalNeed(newest.id, newest.start_wal, timeline))
         if on_live:
             plan.wal_kept_from = min(on_live, key=lambda m: walnames.parse_segment_name(m.start_wal, size)[1]).start_wal
         if bad_bases:
@@ -306,7 +316,16 @@ class Expirer:
         self._reap_interrupted_uploads()
 
     def _reap_interrupted_uploads(self) -> None:
-        """Temp files (local) and multipart uploads (S3) of killed puts."""
+        """Temp files (local) and multipart uploads (S3) of killed puts.
+
+        Not while a dump or base backup runs here: a long upload of a live run is not a leftover
+        (the S3 backend cannot tell them apart by age alone)."""
+        running = [kind for kind in ("dump", "basebackup") if self._job_running(kind)]
+        if running:
+            log.info(
+                "leftovers of interrupted uploads not reaped: a run is in progress", extra={"p88": {"jobs": running}}
+            )
+            return
         gone = self.storage.reap_interrupted(self.grace.total_seconds())
         if gone:
             log.info("removed leftovers of interrupted uploads", extra={"p88": {"count": len(gone)}})

@@ -402,9 +402,12 @@ class WalArchive:
                 raise StorageError(f"{obj.key} vanished while being fetched") from None
             with fh, tmp.open("wb") as out:
                 size = 0
-                for chunk in iter_chunks(decode(fh, self.codec, encrypted=obj.key.endswith(".age"))):
-                    out.write(chunk)
-                    size += len(chunk)
+                try:
+                    for chunk in iter_chunks(decode(fh, self.codec, encrypted=obj.key.endswith(".age"))):
+                        out.write(chunk)
+                        size += len(chunk)
+                except ObjectNotFoundError:  # S3 opens with HEAD and GETs on the first read
+                    raise StorageError(f"{obj.key} vanished while being fetched") from None
             if kind in ("segment", "partial"):
                 with tmp.open("rb") as check:
                     check_segment(name, check.read(_LONG_HEADER.size), size)

@@ -23,6 +23,7 @@ from p88backup.catalog.backups import Catalog
 from p88backup.core.wal import names as walnames
 from p88backup.core.wal.archive import WalArchive
 from p88backup.core.wal.freshness import WalFreshness, measure
+from p88backup.core.wal.timelines import live_timeline
 from p88backup.errors import VerifyError
 
 if TYPE_CHECKING:
@@ -73,14 +74,6 @@ class WalReport:
         }
 
 
-def newest_timeline(histories: dict[int, list[walnames.HistoryEntry]], start: int = 1) -> int:
-    """What recovery_target_timeline = 'latest' finds from ``start``: consecutive history files."""
-    tli = start
-    while tli + 1 in histories:
-        tli += 1
-    return tli
-
-
 def verify_wal(
     catalog: Catalog,
     archive: WalArchive,
@@ -95,7 +88,7 @@ def verify_wal(
     segments = sorted(name for name, _ in listing if len(name) == 24)
     histories = archive.histories(listing)
     backups = catalog.basebackups()
-    tli = newest_timeline(histories, min((b.timeline for b in backups), default=1))
+    tli = live_timeline(histories, [b.timeline for b in backups])
     timelines = [
         {
             "timeline": t,
@@ -110,14 +103,13 @@ def verify_wal(
     all_gaps: set[tuple[str, str]] = set()
     for b in backups:
         chain = BackupChain(b.id, b.timeline, b.start_wal)
+        relevant = {t: h for t, h in histories.items() if t <= tli} or None
         try:
-            chain.gaps = walnames.find_gaps(
-                segments,
-                b.start_wal,
-                None,
-                {t: h for t, h in histories.items() if t <= tli} or None,
-                b.wal_segment_size,
-            )
+            chain.gaps = walnames.find_gaps(segments, b.start_wal, None, relevant, b.wal_segment_size)
+            # Up to the newest file the gap check cannot see a missing tail: the backup's own range
+            # must be whole too, or the backup is not restorable at all.
+            own = walnames.find_gaps(segments, b.start_wal, b.stop_wal, relevant, b.wal_segment_size)
+            chain.gaps = sorted(set(chain.gaps) | set(own))
         except walnames.WalNameError as exc:
             chain.error = str(exc)
         all_gaps.update(chain.gaps)
