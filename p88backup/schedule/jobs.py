@@ -8,6 +8,13 @@ why), with its stderr going where the daemon's goes, so its own log lines
 reach the container log; its stdout (``--json`` where the command has it) is
 read here for the dump's id, the bytes stored and a drill's results.
 
+The stdout goes to an unlinked temporary file, not a pipe, and the run ends
+when the child itself has exited. With a pipe, the run would end only when
+*every* holder of the pipe's write end had closed it: a tool the child
+started in its own session (pg_dump, a server) that inherited it and
+outlived a killed child would keep the job "running" (its next runs skipped
+as overruns) for as long as that process lived.
+
 The job lock of each command (``dump``, ``basebackup``, ``expire``,
 ``drill``, ``reindex-*``) keeps a second run out even when it comes from
 outside the daemon (an operator, a cron line left behind): that run ends
@@ -19,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +48,8 @@ JOBS: dict[str, tuple[str, ...]] = {
     "drill": ("drill", "--json"),
     "reindex": ("reindex",),
 }
+# A job's stdout is its --json document (a drill report is the largest, some kB); more is not read.
+MAX_STDOUT = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -156,27 +165,41 @@ class JobRunner:
     def _command(self, key: str, args: tuple[str, ...]) -> Outcome | None:
         command = args[0]
         try:
-            proc = self.children.spawn([*self.base_argv, *args], role=command, stdout=subprocess.PIPE)
-        except OSError as exc:  # no process could be made (EAGAIN, EMFILE...): a failed run, said so
-            from p88backup import metrics
-
-            metrics.job_finished(command, ok=False, seconds=0.0)
-            log.error("job could not start", extra={"p88": {"job": command, "schedule": key, "error": str(exc)}})
+            out = tempfile.TemporaryFile(prefix="p88backup-job-")  # noqa: SIM115  # closed by the with below
+        except OSError as exc:  # no room for its output ($TMPDIR full or read-only)
+            self._not_started(key, command, exc)
             return None
-        if proc is None:
-            log.info("job not started: the scheduler is stopping", extra={"p88": {"job": command, "schedule": key}})
-            return None
-        started = self.clock()
-        log.info(
-            "job started", extra={"p88": {"job": command, "schedule": key, "pid": proc.pid, "args": list(args[1:])}}
-        )
-        try:
-            stdout, _ = proc.communicate()
-        finally:
-            self.children.reap(proc)
-        outcome = Outcome(command, proc.returncode, self.clock() - started, stdout or b"")
+        with out:
+            try:
+                proc = self.children.spawn([*self.base_argv, *args], role=command, stdout=out)
+            except OSError as exc:  # no process could be made (EAGAIN, EMFILE...)
+                self._not_started(key, command, exc)
+                return None
+            if proc is None:
+                log.info("job not started: the scheduler is stopping", extra={"p88": {"job": command, "schedule": key}})
+                return None
+            started = self.clock()
+            log.info(
+                "job started",
+                extra={"p88": {"job": command, "schedule": key, "pid": proc.pid, "args": list(args[1:])}},
+            )
+            try:
+                returncode = proc.wait()  # the child itself: whatever it left behind holds no pipe of ours
+            finally:
+                self.children.reap(proc)
+            seconds = self.clock() - started
+            out.seek(0)
+            stdout = out.read(MAX_STDOUT)
+        outcome = Outcome(command, returncode, seconds, stdout)
         self._record(key, outcome, proc.pid)
         return outcome
+
+    def _not_started(self, key: str, command: str, exc: OSError) -> None:
+        """A run that could not even start: a failed run, said so."""
+        from p88backup import metrics
+
+        metrics.job_finished(command, ok=False, seconds=0.0)
+        log.error("job could not start", extra={"p88": {"job": command, "schedule": key, "error": str(exc)}})
 
     def _record(self, key: str, outcome: Outcome, pid: int) -> None:
         from p88backup import metrics

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -261,7 +262,9 @@ class Dumper:
             f"--file={staging}",
         ]
         try:
-            with ToolProcess(argv, env=ci.env(), what="pg_dump", stdout=None) as tool:
+            # It writes files, not stdout: give it none. An inherited stdout (the scheduler's pipe, when we
+            # run as its job) would stay open as long as pg_dump lives, even after we were killed.
+            with ToolProcess(argv, env=ci.env(), what="pg_dump", stdout=subprocess.DEVNULL) as tool:
                 tool.finish()
             files = sorted(p for p in staging.iterdir() if p.is_file())
             if not any(p.name == "toc.dat" for p in files):
