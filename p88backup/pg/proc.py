@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import threading
@@ -56,24 +57,35 @@ def run_tool(
 ) -> subprocess.CompletedProcess[bytes]:
     """Run a tool to completion and return its result (stdout and stderr captured).
 
-    ``user``: run as this user (PostgreSQL's server programs refuse root).
-    With ``check``, a non-zero exit raises ``error`` saying
-    ``"<message or what> failed: <why>: <stderr tail>"``; a tool that cannot be
-    started, or outlives ``timeout``, raises it too.
+    ``user``: run as this user (PostgreSQL's server programs refuse root), with
+    the user's primary group and no supplementary groups (ours are root's), as
+    ``su``/``runuser`` would. With ``check``, a non-zero exit raises ``error``
+    saying ``"<message or what> failed: <why>: <stderr tail>"``; a tool that
+    cannot be started (an unknown ``user`` too), or outlives ``timeout``,
+    raises it too. Without ``input`` the tool's stdin is /dev/null: a tool that
+    asks a question fails instead of waiting for an answer nobody types.
     """
     name = what or os.path.basename(argv[0])
-    log.debug("running", extra={"p88": {"argv": list(argv)}})
+    uid = gid = None
+    if user is not None:
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            raise error(f"cannot run {name} as {user}: no such user", hint=hint) from None
+        uid, gid = pw.pw_uid, pw.pw_gid
+    log.debug("running", extra={"p88": {"argv": list(argv), "user": user}})
     try:
         r = subprocess.run(
             list(argv),
             input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
             capture_output=True,
             env=env,
             timeout=timeout,
-            user=user,
-            group=user,
-            extra_groups=[] if user else None,
-            cwd="/" if user else None,
+            user=uid,
+            group=gid,
+            extra_groups=[] if user is not None else None,
+            cwd="/" if user is not None else None,
         )
     except OSError as exc:
         raise error(f"cannot run {name}: {exc.strerror or exc}", hint=hint) from None

@@ -307,3 +307,17 @@ def test_sigterm_while_the_copy_replays_wal_stops_its_server_and_exits_16(
     assert drill.returncode == ExitCode.INTERRUPTED, err
     assert "drill stopped by SIGTERM" in error_line(err)
     assert_nothing_left(src)
+
+
+@pytest.mark.timeout(600)
+def test_a_drill_whose_owner_has_no_group_of_its_name_restores_both(source: Source) -> None:
+    """Before: the PITR drill ran pg_ctl through run_tool(user='nobody'), which asked for a group
+    'nobody' (Debian's nobody is in 'nogroup'): a KeyError traceback, exit 1, no report. The dump
+    drill's own runner used the user's group and passed: two runners, two behaviours."""
+    # The copy's restore_command (wal-fetch) runs as the owner and reads the file:// archive, which the
+    # source's archive_command wrote as postgres with the postmaster's umask (0077): let others read it,
+    # as an archive on S3 would be readable to whoever has the credentials.
+    subprocess.run(["chmod", "-R", "o+rX", str(source.arch.tmp / "store")], check=True, timeout=60)
+    report = json_out(source.drill("--owner", "nobody", "--json"))
+    assert [(d["kind"], d["ok"], d["error"]) for d in report["drills"]] == [("dump", True, None), ("pitr", True, None)]
+    assert_nothing_left(source)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import sys
 
 import pytest
@@ -45,3 +48,36 @@ def test_describe_exit(rc: int, text: str) -> None:
 def test_stderr_tail_keeps_the_end() -> None:
     assert stderr_tail(b"a" * 600 + b"END", limit=10) == "...aaaaaaaEND"
     assert stderr_tail(None) == ""
+
+
+def test_a_user_runs_with_its_own_primary_group_and_no_other() -> None:
+    """Before: run_tool passed group=USER, so a user without a group of its own name crashed:
+    run_tool(['/bin/true'], user='nobody') raised KeyError from getgrnam ('nobody' is in 'nogroup'),
+    and `restore --pitr --start --owner nobody` ended in a traceback."""
+    pw = pwd.getpwnam("nobody")
+    with pytest.raises(KeyError):
+        grp.getgrnam("nobody")  # the case: no group of that name here
+    r = run_tool(["/bin/sh", "-c", "id -u; id -g; id -G"], user="nobody")
+    assert r.stdout.decode().split("\n")[:3] == [str(pw.pw_uid), str(pw.pw_gid), str(pw.pw_gid)]
+
+
+def test_an_unknown_user_is_a_clear_error() -> None:
+    with pytest.raises(VerifyError, match=r"^cannot run true as no-such-user-p88: no such user$"):
+        run_tool(["/bin/true"], user="no-such-user-p88", error=VerifyError)
+    with pytest.raises(PgToolError, match="no such user"):
+        run_tool(["/bin/true"], user="no-such-user-p88")
+
+
+def test_a_tool_s_stdin_is_dev_null_unless_given_input() -> None:
+    """Before: the tool read our stdin (a terminal, a pipe): a tool that asked something waited for
+    an answer nobody would type."""
+    read_end, write_end = os.pipe()
+    saved = os.dup(0)
+    os.dup2(read_end, 0)  # our stdin is a pipe nobody writes to
+    try:
+        r = run_tool(["/bin/sh", "-c", "readlink /proc/self/fd/0"], timeout=10)
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, read_end, write_end):
+            os.close(fd)
+    assert r.stdout.decode().strip() == "/dev/null"
