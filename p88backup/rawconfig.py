@@ -22,9 +22,13 @@ class always had: names are case-insensitive, ``__`` nests
 (``P88_RETENTION__KEEP_DAILY``), a table or list of tables may also be given
 whole as JSON (``P88_REINDEX='[...]'``), lists of words are comma or space
 separated, environment wins over the file, tables merge key by key. A
-``P88_`` variable naming no setting at all is ignored (``P88_CONFIG`` is the
-file's own variable; test harnesses use others); an unknown key *inside* a
-known table is an error.
+``P88_`` variable naming no setting at all is not an error (``P88_CONFIG`` is
+the file's own variable; the compose files, setup and test harnesses use
+others) but it is no setting either: :func:`unknown_env` lists those that are
+not the project's own (:data:`NOT_SETTINGS`), with the setting probably meant
+(``P88_STATUS_MAX_DUMP_AGE`` -> ``P88_STATUS__MAX_DUMP_AGE``), and every Click
+command logs a warning for each; the archive fast path stays quiet. An
+unknown key *inside* a known table is an error.
 
 Standard library only; ``json`` and ``tomllib`` only when there is something
 to parse.
@@ -329,6 +333,58 @@ def _unknown(loc: tuple[str | int, ...], where: str, table: Table) -> ConfigErro
     close = difflib.get_close_matches(str(loc[-1]), names, n=1)
     hint = f"did you mean {close[0]}?" if close else "known here: " + ", ".join(names)
     return ConfigError(f"unknown setting {dotted} ({where})", hint=hint)
+
+
+NOT_SETTINGS = frozenset(
+    {
+        "P88_CONFIG",  # the config file (--config)
+        "P88_CACHE",  # scripts/setup, the test harness: where downloads and builds are cached
+        "P88_PYTHON",  # scripts/setup: the interpreter of the venv
+        "P88_SERVICES_DIR",  # scripts/services: where the test services live
+        "P88_BACKUP_PASSWORD",  # compose: the backup role's password (the sidecar gets it as PGPASSWORD)
+        "P88_MONITOR_PASSWORD",  # compose: the monitoring role's password (grafana-agent)
+    }
+)
+"""``P88_`` variables of the project that are not settings: never reported as unknown."""
+NOT_SETTINGS_PREFIXES = ("P88_TEST_",)  # the test harness's services (P88_TEST_PG_PORT, P88_TEST_S3_...)
+
+
+def env_names(table: Table = SCHEMA, prefix: str = ENV_PREFIX) -> list[str]:
+    """Every variable that sets something (``P88_RETENTION`` and ``P88_RETENTION__KEEP_DAILY``...)."""
+    out: list[str] = []
+    for item in table.items:
+        name = prefix + item.name.upper()
+        out.append(name)
+        if isinstance(item, Table) and not item.many:
+            out += env_names(item, name + "__")
+    return out
+
+
+def unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``P88_*`` variables that set nothing (sorted), each with the variable probably meant, or None.
+
+    :func:`read_config` leaves them alone, so a misspelt name (one ``_`` for
+    ``__``: ``P88_STATUS_MAX_DUMP_AGE=26h``) would otherwise switch a check off
+    without a word. Names of a known table with an unknown key are errors
+    there already, and the project's own variables are not settings.
+    """
+    unknown = []
+    for var in environ:
+        upper = var.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in NOT_SETTINGS or upper.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        if SCHEMA.get(upper[len(ENV_PREFIX) :].lower().split("__")[0]) is None:
+            unknown.append(var)
+    if not unknown:
+        return []
+    import difflib  # only when there is something to hint at
+
+    known = env_names()
+    # 0.8: a letter or an underscore off, not any name that shares P88_ and a few letters
+    return [
+        (var, next(iter(difflib.get_close_matches(var.upper(), known, n=1, cutoff=0.8)), None))
+        for var in sorted(unknown)
+    ]
 
 
 # -- reading --------------------------------------------------------------------

@@ -11,11 +11,18 @@ the archive fast path (``wal-push``/``wal-fetch``) reads too: both accept and
 reject exactly the same input, with the same messages. The models here add
 types and defaults for the rest of the code; ``tests/unit/test_rawconfig.py``
 holds them equal to the schema, field by field.
+
+:func:`load_settings` also warns, once per process, about each ``P88_``
+variable that names no setting (:func:`p88backup.rawconfig.unknown_env`): a
+misspelt one is otherwise silently ignored. The archive fast path never
+loads this module and stays quiet.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +38,9 @@ from p88backup.rawconfig import ENV_PREFIX, STORAGE_SCHEMES
 from p88backup.redact import redact_url, url_secrets
 
 __all__ = ["ENV_PREFIX", "STORAGE_SCHEMES", "Settings", "load_settings"]
+
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # unknown variables already warned about: settings may be loaded again after a failure
 
 
 def _split_words(value: Any) -> Any:
@@ -302,6 +312,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     Raises :class:`ConfigError` with one line naming the field and the
     problem; the offending value is never echoed (it may be a secret).
     """
+    warn_unknown_env()
     # As given, not resolved: rawconfig's messages name the file the way the user did.
     token = _config_file.set(config_file)
     try:
@@ -315,3 +326,22 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"invalid setting {first}{suffix}") from None
     finally:
         _config_file.reset(token)
+
+
+def warn_unknown_env(environ: Mapping[str, str] | None = None) -> None:
+    """One warning per ``P88_`` variable that names no setting, with the one probably meant.
+
+    Before the settings are read, so that the hint also comes with a config error. The
+    variable's value is never logged (it may be a secret).
+    """
+    import os
+
+    for var, meant in rawconfig.unknown_env(os.environ if environ is None else environ):
+        if var in _WARNED:
+            continue
+        _WARNED.add(var)
+        hint = f": did you mean {meant}?" if meant else ""
+        log.warning(
+            f"environment variable {var} is not a p88backup setting and is ignored{hint}",
+            extra={"p88": {"variable": var, "did_you_mean": meant}},
+        )

@@ -21,7 +21,9 @@ from p88backup.rawconfig import (
     ArchiveConfig,
     Setting,
     Table,
+    env_names,
     load_archive_config,
+    unknown_env,
 )
 from p88backup.settings import Settings, load_settings
 
@@ -306,3 +308,122 @@ def test_the_fast_path_defaults_are_the_schema_s() -> None:
         spec = SCHEMA.get(name)
         assert isinstance(spec, Setting)
         assert getattr(defaults, name) == spec.make_default(), name
+
+
+# -- P88_ variables that set nothing ---------------------------------------------
+# Before: read_config ignored them without a word, so P88_STATUS_MAX_DUMP_AGE=26h (one underscore
+# for two) left the dump's age unchecked and P88_SCHEDULE_DRILL=off let the drill run.
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, []),
+        ({"P88_STATUS_MAX_DUMP_AGE": "26h"}, [("P88_STATUS_MAX_DUMP_AGE", "P88_STATUS__MAX_DUMP_AGE")]),
+        ({"P88_SCHEDULE_DRILL": "off"}, [("P88_SCHEDULE_DRILL", "P88_SCHEDULE__DRILL")]),
+        ({"p88_storage_ur": "file:///x"}, [("p88_storage_ur", "P88_STORAGE_URL")]),
+        ({"P88_METRICS_TEXT_FILE": "/x.prom"}, [("P88_METRICS_TEXT_FILE", "P88_METRICS_TEXTFILE")]),
+        ({"P88_BOGUS": "1"}, [("P88_BOGUS", None)]),  # nothing close: no made-up hint
+        # settings, whole tables, any case: known
+        ({"P88_STORAGE_URL": "x", "p88_retention": "{}", "P88_Status__Max_Wal_Age": "15m", "P88_REINDEX": "[]"}, []),
+        # an unknown key inside a known table is the reader's error already, not a warning
+        ({"P88_RETENTION__KEEP_DALY": "3"}, []),
+        # the project's own variables that are not settings, and others' variables
+        (
+            {
+                "P88_CONFIG": "/etc/p88.toml",
+                "P88_CACHE": "/var/cache/p88backup",
+                "P88_PYTHON": "/usr/bin/python3",
+                "P88_SERVICES_DIR": "/tmp/s",
+                "P88_BACKUP_PASSWORD": "s3cret",
+                "P88_MONITOR_PASSWORD": "s3cret",
+                "P88_TEST_PG_PORT": "5432",
+                "P88_TEST_S3_ENDPOINT": "http://x",
+                "PGPASSWORD": "x",
+                "XP88_THING": "x",
+            },
+            [],
+        ),
+    ],
+)
+def test_unknown_variables_and_what_was_meant(environ: dict[str, str], expected: list[tuple[str, str | None]]) -> None:
+    assert unknown_env(environ) == expected
+
+
+def test_every_variable_the_deployment_files_use_is_known() -> None:
+    """The allow-list follows the repository: a new P88_ variable in compose/, cron/, scripts/, the
+    docs or the test harness is either a setting or listed in NOT_SETTINGS, or this fails."""
+    import re
+    import subprocess
+
+    from tests.harness.helpers import REPO
+
+    paths = ["compose", "cron", "scripts", "docs", "README.md", ".ci", "bench", "tests/harness", "tests/conftest.py"]
+    files = subprocess.run(
+        ["git", "ls-files", "-z", *paths], cwd=REPO, capture_output=True, check=True, timeout=60
+    ).stdout.split(b"\0")
+    used = set()
+    for name in filter(None, files):
+        path = REPO / name.decode()
+        if path.is_file():
+            used |= set(re.findall(r"\bP88_[A-Za-z0-9_]*[A-Za-z0-9]\b", path.read_text(errors="replace")))
+    assert "P88_BACKUP_PASSWORD" in used and "P88_STORAGE_URL" in used  # the scan sees both kinds
+    assert unknown_env(dict.fromkeys(used, "x")) == []
+
+
+def test_env_names_are_the_variables_of_every_setting() -> None:
+    names = set(env_names())
+    assert {"P88_STORAGE_URL", "P88_RETENTION", "P88_RETENTION__KEEP_DAILY", "P88_STATUS__MAX_DUMP_AGE"} <= names
+    assert {"P88_REINDEX", "P88_DRILL__CHECKS", "P88_SCHEDULE__LISTEN"} <= names
+    assert not any(n.startswith("P88_REINDEX__") or n.startswith("P88_DRILL__CHECKS__") for n in names)
+
+
+def test_settings_warn_once_per_unknown_variable_with_the_hint(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import p88backup.settings as settings_module
+
+    monkeypatch.setattr(settings_module, "_WARNED", set())
+    monkeypatch.setenv("P88_STATUS_MAX_DUMP_AGE", "26h")
+    monkeypatch.setenv("P88_SCHEDULE_DRILL", "off")
+    with caplog.at_level("WARNING", logger="p88backup.settings"):
+        s = load_settings(None)
+        load_settings(None)  # loaded again (after a failure, cli.main does): no second warning
+    assert s.status.max_dump_age is None and s.schedule.drill != "off"  # ignored, as before, but said
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "environment variable P88_SCHEDULE_DRILL is not a p88backup setting and is ignored: "
+        "did you mean P88_SCHEDULE__DRILL?",
+        "environment variable P88_STATUS_MAX_DUMP_AGE is not a p88backup setting and is ignored: "
+        "did you mean P88_STATUS__MAX_DUMP_AGE?",
+    ]
+
+
+def test_commands_warn_and_the_archive_fast_path_stays_quiet(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.harness.helpers import REPO, cli_env, init_storage, run_cli
+
+    env = cli_env(tmp_path, P88_STORAGE_URL=f"file://{tmp_path}/store", P88_STATUS_MAX_DUMP_AGE="26h")
+    init_storage(env)
+    r = run_cli(["--log-format", "json", "status"], env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "is not a p88backup setting" in line]
+    assert len(warned) == 1 and '"did_you_mean": "P88_STATUS__MAX_DUMP_AGE"' in warned[0]
+    assert "26h" not in warned[0]  # a value is never logged: it may be a secret
+
+    segment = tmp_path / "000000010000000000000001"
+    segment.write_bytes(b"\0" * 16)  # not a WAL segment: wal-push refuses it, after reading the settings
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "p88backup", "wal-push", str(segment)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0
+    assert "is not a p88backup setting" not in r.stderr
+    imported = {ln.split("|")[-1].strip() for ln in r.stderr.splitlines() if ln.startswith("import time:")}
+    assert imported and not imported & {"difflib", "p88backup.settings"}
