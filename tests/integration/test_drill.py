@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -320,4 +321,81 @@ def test_a_drill_whose_owner_has_no_group_of_its_name_restores_both(source: Sour
     subprocess.run(["chmod", "-R", "o+rX", str(source.arch.tmp / "store")], check=True, timeout=60)
     report = json_out(source.drill("--owner", "nobody", "--json"))
     assert [(d["kind"], d["ok"], d["error"]) for d in report["drills"]] == [("dump", True, None), ("pitr", True, None)]
+    assert_nothing_left(source)
+
+
+class PortThief:
+    """``in_use`` for the drill runner: the first port it is asked about is free, and is taken right
+    after (a listener on the IPv4 and IPv6 loopback), as by another program between the drill's pick
+    and its server's start. Every later answer is the real one."""
+
+    def __init__(self) -> None:
+        self.stolen: int | None = None
+        self.sockets: list[socket.socket] = []
+
+    def __call__(self, port: int) -> bool:
+        from p88backup.core.drill.scratch import port_in_use
+
+        if self.stolen is None and not port_in_use(port):
+            self.stolen = port
+            for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.bind((host, port))
+                sock.listen()
+                self.sockets.append(sock)
+            return False
+        return port_in_use(port)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("kind", ["dump", "pitr"])
+def test_a_port_taken_between_the_pick_and_the_start_is_tried_once_more_on_another(
+    source: Source, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: the dump drill's cluster.start() failing aborted the whole run (PgToolError, exit 7, no
+    report); the PITR drill recorded a failed drill. Now each starts once more on the next free port."""
+    import shlex
+
+    from p88backup.core.drill.run import DrillOptions, DrillRunner
+    from p88backup.pg.conn import ConnInfo
+    from p88backup.storage import open_storage
+    from p88backup.stream import Codec
+    from tests.harness.archiving import P88
+    from tests.harness.postgres import tools_search_path
+
+    arch = source.arch
+    store = f"file://{arch.tmp}/store"
+    restore_command = " ".join(
+        shlex.quote(p) for p in ["env", f"P88_STORAGE_URL={store}", P88, "--config", str(arch.config), "wal-fetch"]
+    )
+    options = DrillOptions(
+        work_dir=arch.tmp / "work",
+        restore_command=restore_command + " %f %p",
+        dump=kind == "dump",
+        pitr=kind == "pitr",
+        port_range=source.port_range,
+        pg_bin_dir=Path(tools_search_path()),
+        verify=program_runs(arch.pg.bindir / "pg_verifybackup"),
+    )
+    thief = PortThief()
+    try:
+        with caplog.at_level("WARNING", logger="p88backup.core.drill"):
+            report = DrillRunner(
+                open_storage(store),
+                Codec(),
+                options,
+                source=ConnInfo.from_url(arch.env["P88_DATABASE_URL"]),
+                in_use=thief,
+            ).run()
+        (run,) = report.drills
+        assert (run.kind, run.ok, run.error) == (kind, True, None)
+        assert thief.stolen == source.port_range[0] and run.port == thief.stolen + 1
+        said = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith("drill: the scratch port was taken before the server could listen on it") for m in said)
+    finally:
+        thief.close()
     assert_nothing_left(source)

@@ -359,3 +359,104 @@ def test_list_kind_drill_shows_the_reports_and_leaves_list_all_as_it_was(tmp_pat
     assert [r["kind"] for r in json_out(run_cli(["list", "--json"], env))] == ["dump"]  # all = backups, as before
     table = run_cli(["list", "--kind", "drill"], env)
     assert table.returncode == 0 and "20261128T040000Z" in table.stdout and "FAILED" in table.stdout
+
+
+# -- failures before a restore starts, and the base backup the PITR drill checks ---------------------
+
+# A server program of PostgreSQL 16 as far as `--version` goes; otherwise it does what it is told.
+FAKE_PROGRAM = """#!/bin/sh
+if [ "$1" = "--version" ]; then echo "$(basename "$0") (PostgreSQL) 16.4"; exit 0; fi
+%s
+"""
+INITDB_FAILS = 'echo "initdb: error: could not create directory: No space left on device" >&2; exit 1'
+INITDB_WRITES_NOTHING = "exit 0"  # as if its files were gone: the host refuses a file operation
+
+
+@pytest.mark.parametrize(
+    ("initdb", "cause"),
+    [
+        (INITDB_FAILS, "initdb 16 for the drill's scratch cluster failed: initdb exited with status 1: initdb: error"),
+        (INITDB_WRITES_NOTHING, "No such file or directory"),
+    ],
+    ids=["initdb-fails", "a-file-refused"],
+)
+def test_a_scratch_cluster_that_cannot_be_made_fails_that_drill_and_the_other_still_runs(
+    catalog: Catalog, tmp_path: Path, initdb: str, cause: str
+) -> None:
+    """Before: cluster.create()/start() sat outside the dump drill's try block: initdb failing (or the
+    port taken before the start) aborted the whole run with exit 7, no report, no PITR drill; a file
+    the host would not write, with a traceback (exit 1)."""
+    from tests.harness.helpers import fake_basebackup_manifest
+    from tests.harness.procs import free_port
+
+    bins = tmp_path / "bin"
+    bins.mkdir()
+    for name in ("initdb", "pg_ctl", "postgres", "pg_verifybackup"):
+        (bins / name).write_text(FAKE_PROGRAM % (initdb if name == "initdb" else "exit 1"))
+        (bins / name).chmod(0o755)
+    catalog.write(fake_dump_manifest("20261127T021500Z", T0))
+    catalog.write(fake_basebackup_manifest("20261127T024500Z", T0, "000000010000000000000002"))  # no WAL stored
+    make_traversable(tmp_path)
+    low = free_port()
+    options = DrillOptions(
+        work_dir=tmp_path / "work", restore_command="false", pg_bin_dir=bins, port_range=(low, low + 5)
+    )
+    report = DrillRunner(catalog.storage, Codec(), options, source=None).run()
+    dump, pitr = report.drills
+    assert (dump.kind, dump.ok, pitr.kind, pitr.ok, report.ok) == ("dump", False, "pitr", False, False)
+    assert dump.error is not None and cause in dump.error
+    assert dump.restore_seconds is None and dump.rto_seconds is None and dump.rpo_seconds is None
+    assert pitr.error is not None and "WAL is missing" in pitr.error  # the PITR drill ran, and said why
+    assert catalog.drill_ids() == [report.id]  # the report is stored
+    assert [p.name for p in (tmp_path / "work").iterdir()] == []  # and nothing left behind
+    assert f"dump drill of dump 20261127T021500Z: restore failed: {dump.error}" in report_failure_message(report)
+
+
+def report_failure_message(r: Any) -> str:
+    message = report.failure_message(r)
+    assert message is not None
+    return message
+
+
+def test_the_pitr_drill_checks_the_base_backup_restore_pitr_latest_would_use(catalog: Catalog, tmp_path: Path) -> None:
+    """After a restore, the newest base backup can lie on the abandoned branch; restore --pitr latest
+    restores the newest one on the live timeline's history. Before: the checks (key, programs, space)
+    looked at the newest of all (bases[-1]), so a drill could be refused for a backup it would not use."""
+    from p88backup.catalog.layout import id_time, wal_key
+    from tests.harness.helpers import fake_basebackup_manifest
+    from tests.unit.test_expire import B1, B2, FORK_HISTORY, put_history, seg
+
+    # test_expire's after_a_restore: B1 and B2 on timeline 1; a PITR to a point between them promoted
+    # timeline 2, which archived on; the old primary went on along timeline 1 past B2.
+    for bid, start in ((B1, seg(1, 2)), (B2, seg(1, 8))):
+        m = fake_basebackup_manifest(bid, id_time(bid), start)
+        m.data_size = 1 << 50  # a petabyte each: the space check names the one it looked at
+        catalog.write(m)
+    names = [seg(1, n) for n in range(1, 0xD)] + [seg(2, n) for n in range(5, 0xA)] + [seg(1, 5) + ".partial"]
+    for name in names:
+        catalog.storage.put(wal_key(name, ".zst"), io.BytesIO(b"w"))
+    put_history(catalog.storage, 2, FORK_HISTORY)
+    with pytest.raises(RefusedError, match=f"PITR drill of base backup {B1} needs about") as err:
+        _runner(catalog, tmp_path, dump=False).run()
+    assert B2 not in str(err.value)
+
+
+def test_the_newest_base_backup_stands_in_when_the_restore_cannot_be_planned(catalog: Catalog, tmp_path: Path) -> None:
+    """No WAL at all: the planner refuses; the drill itself will record why, the checks look at the newest."""
+    from tests.harness.helpers import fake_basebackup_manifest
+
+    m = fake_basebackup_manifest("20261127T024500Z", T0, "000000010000000000000002")
+    m.data_size = 1 << 50
+    catalog.write(m)
+    with pytest.raises(RefusedError, match="PITR drill of base backup 20261127T024500Z needs about"):
+        _runner(catalog, tmp_path).run()
+
+
+def test_no_dump_and_no_pitr_together_is_a_usage_error(tmp_path: Path) -> None:
+    """Before: exit 5, "nothing to drill: no dump and no base backup in ...", as if the storage were empty."""
+    store = tmp_path / "store"
+    env = cli_env(tmp_path, P88_STORAGE_URL=f"file://{store}")
+    assert run_cli(["init"], env).returncode == 0
+    r = run_cli(["drill", "--no-dump", "--no-pitr"], env)
+    assert r.returncode == ExitCode.USAGE, r.stderr
+    assert "--no-dump and --no-pitr together leave nothing to drill" in r.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,12 +11,14 @@ from pathlib import Path
 
 from p88backup.core.drill.checks import CheckSpec
 from p88backup.core.drill.interrupts import Interrupts
-from p88backup.core.drill.scratch import pick_port, port_in_use, remove_tree
+from p88backup.core.drill.scratch import ScratchCluster, ServerStartError, pick_port, port_in_use, remove_tree
 from p88backup.core.drill.source import Source
 from p88backup.errors import CryptoError, P88Error, RefusedError
 from p88backup.pg.conn import ConnInfo, first_line
 from p88backup.storage import Storage
 from p88backup.stream import Codec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +45,30 @@ class DrillContext:
             )
         return port
 
+    def port_taken(self, port: int, datadir: Path) -> bool:
+        """After a server of ``datadir`` failed to start: is ``port`` held by something else now?
+
+        The port was free when :meth:`port` picked it; another program may have
+        bound it before the server did. Not a server of ``datadir`` itself
+        (one that is running, or a start that timed out, has its postmaster.pid).
+        """
+        return not (datadir / "postmaster.pid").exists() and self.in_use(port)
+
+    def start_scratch(self, cluster: ScratchCluster) -> None:
+        """Start ``cluster``; if its port was taken since it was picked, once more on another port."""
+        try:
+            cluster.start()
+        except ServerStartError as exc:
+            if not self.port_taken(exc.port, cluster.datadir):
+                raise
+            port = self.port()
+            log.warning(
+                "drill: the scratch port was taken before the server could listen on it: trying another",
+                extra={"p88": {"port": exc.port, "next_port": port}},
+            )
+            cluster.move_to(port)
+            cluster.start()
+
     @contextmanager
     def removed_afterwards(self, path: Path, seconds: list[float]) -> Iterator[None]:
         """Whatever happens inside, stop every server under ``path`` and delete it; time that."""
@@ -58,13 +85,16 @@ def restore_failure(exc: Exception) -> str:
     """The cause to record when a drill's restore or checks fail; re-raises what a report cannot answer.
 
     Whatever the restore reports (a corrupt object, a WAL gap, pg_restore's
-    error, the server's) is the drill's finding. A missing key is not: that
-    is exit 12 at once, as for every restore. Anything else is a bug.
+    error, the server's) is the drill's finding, and so is the host refusing a
+    file operation on the scratch side (disk full, permissions). A missing key
+    is not: that is exit 12 at once, as for every restore. Anything else is a bug.
     """
     if isinstance(exc, CryptoError):
         raise exc
     if isinstance(exc, P88Error):
         return str(exc)
+    if isinstance(exc, OSError):
+        return str(exc)  # "[Errno 28] No space left on device: '<path>'"
     if type(exc).__module__.startswith("psycopg"):
         return f"PostgreSQL error: {first_line(exc)}"
     raise exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 
 from p88backup.catalog.models import DrillCheckResult, DrillRun, DumpManifest
 from p88backup.core.drill.checks import amcheck, row_count_check, sql_checks
@@ -51,7 +52,12 @@ def diagnose(ctx: DrillContext, manifest: DumpManifest) -> str:
 
 
 def drill_dump(ctx: DrillContext, manifest: DumpManifest, *, jobs: int = 1) -> DrillRun:
-    """Restore ``manifest`` into a scratch cluster and check it; the cluster is gone when this returns."""
+    """Restore ``manifest`` into a scratch cluster and check it; the cluster is gone when this returns.
+
+    A cluster that cannot be made or started (initdb fails, the port was taken
+    again after a retry) fails this drill like a failed restore: recorded with
+    its cause, the other drill still runs.
+    """
     major = manifest.server_version_num // 10000
     base = ctx.scratch / "dump"
     t_setup = time.monotonic()
@@ -62,46 +68,59 @@ def drill_dump(ctx: DrillContext, manifest: DumpManifest, *, jobs: int = 1) -> D
     checks: list[DrillCheckResult] = []
     restored: list[str] = []
     restore_s: float | None = None
-    checks_s = amcheck_s = 0.0
+    setup_s = checks_s = amcheck_s = 0.0
     passed_at: float | None = None
+    source_now: datetime | None = None
+    t0 = time.monotonic()
     with ctx.removed_afterwards(base, cleanup):
-        cluster = ScratchCluster(base, major=major, port=port, owner=ctx.owner, pg_bin_dir=ctx.pg_bin_dir)
-        cluster.create()
-        cluster.start()
-        setup_s = time.monotonic() - t_setup
-        ci = cluster.conninfo()
-        source_now = ctx.source.now()
-        log.info("drill: restoring dump", extra={"p88": {"id": manifest.id, "port": port, "major": major}})
-        t0 = time.monotonic()
         try:
-            for i, db in enumerate(manifest.databases):
-                options = RestoreOptions(
-                    target_db=db.name,
-                    source_db=db.name,
-                    jobs=jobs if db.format == "directory" else 1,
-                    globals=i == 0,  # roles once, before the first database that needs them
-                    check_counts=False,  # counted below, as a named check of the report
-                    work_dir=base,
-                    pg_bin_dir=ctx.pg_bin_dir,
-                )
-                DumpRestorer(ci, ctx.storage, ctx.codec, options).run(manifest)
-                restored.append(db.name)
-            restore_s = time.monotonic() - t0
-            checks += [row_count_check(ci, db) for db in manifest.databases]
-            wanted = ctx.source_ci.dbname if ctx.source_ci is not None else None
-            default_db = wanted if wanted in restored else restored[0]
-            checks += sql_checks(ci, ctx.checks, default_db, restored)
-            if not any(c.status == "failed" for c in checks):
-                passed_at = time.monotonic()
-            checks_s = time.monotonic() - t0 - restore_s
-            t_am = time.monotonic()
-            checks += amcheck(ci, restored, major, ctx.pg_bin_dir)
-            amcheck_s = time.monotonic() - t_am
+            cluster = ScratchCluster(base, major=major, port=port, owner=ctx.owner, pg_bin_dir=ctx.pg_bin_dir)
+            cluster.create()
+            ctx.start_scratch(cluster)
+            port = cluster.port
+            setup_s = time.monotonic() - t_setup
         except Exception as exc:
+            setup_s = time.monotonic() - t_setup
             error = restore_failure(exc)
-            if restore_s is None:  # the restore itself failed: say which stored object is at fault, if one is
-                error += diagnose(ctx, manifest)
-            log.error("drill: dump restore failed", extra={"p88": {"id": manifest.id, "error": error}})
+            log.error(
+                "drill: the scratch cluster could not be made", extra={"p88": {"id": manifest.id, "error": error}}
+            )
+        else:
+            ci = cluster.conninfo()
+            source_now = ctx.source.now()
+            log.info("drill: restoring dump", extra={"p88": {"id": manifest.id, "port": port, "major": major}})
+            t0 = time.monotonic()
+            try:
+                for i, db in enumerate(manifest.databases):
+                    options = RestoreOptions(
+                        target_db=db.name,
+                        source_db=db.name,
+                        jobs=jobs if db.format == "directory" else 1,
+                        globals=i == 0,  # roles once, before the first database that needs them
+                        check_counts=False,  # counted below, as a named check of the report
+                        work_dir=base,
+                        pg_bin_dir=ctx.pg_bin_dir,
+                    )
+                    DumpRestorer(ci, ctx.storage, ctx.codec, options).run(manifest)
+                    restored.append(db.name)
+                restore_s = time.monotonic() - t0
+                checks += [row_count_check(ci, db) for db in manifest.databases]
+                wanted = ctx.source_ci.dbname if ctx.source_ci is not None else None
+                default_db = wanted if wanted in restored else restored[0]
+                checks += sql_checks(ci, ctx.checks, default_db, restored)
+                if not any(c.status == "failed" for c in checks):
+                    passed_at = time.monotonic()
+                checks_s = time.monotonic() - t0 - restore_s
+                t_am = time.monotonic()
+                checks += amcheck(ci, restored, major, ctx.pg_bin_dir)
+                amcheck_s = time.monotonic() - t_am
+            except Exception as exc:
+                error = restore_failure(exc)
+                if restore_s is None:  # the restore itself failed: say which stored object is at fault, if one is
+                    error += diagnose(ctx, manifest)
+                log.error("drill: dump restore failed", extra={"p88": {"id": manifest.id, "error": error}})
+    if source_now is None:  # no restore started: the clock reading of the failure
+        source_now = ctx.source.now()
     run = DrillRun(
         kind="dump",
         backup_id=manifest.id,

@@ -23,9 +23,10 @@ from p88backup.catalog.models import BaseBackupManifest, DrillCheckResult, Drill
 from p88backup.core.drill.checks import amcheck, databases_of, sql_checks
 from p88backup.core.drill.context import DrillContext, restore_failure
 from p88backup.core.drill.report import rpo_seconds, rto_seconds, run_ok
-from p88backup.core.drill.scratch import make_private_dir
+from p88backup.core.drill.scratch import make_private_dir, remove_tree
 from p88backup.core.pitr.plan import Target
-from p88backup.core.pitr.restore import PitrOptions, PitrRestorer
+from p88backup.core.pitr.restore import PitrOptions, PitrRestorer, PitrResult
+from p88backup.errors import P88Error
 from p88backup.pg.conn import ConnInfo
 
 log = logging.getLogger(__name__)
@@ -74,26 +75,47 @@ def drill_pitr(
     lsn: str | None = None
     timeline: int | None = None
     with ctx.removed_afterwards(base, cleanup):
-        options = PitrOptions(
-            target=Target("latest"),
-            target_dir=target_dir,
-            restore_command=restore_command,
-            start=True,
-            port=port,
-            port_chosen=True,
-            owner=ctx.owner,
-            archive_mode=False,
-            verify=verify,
-            settings=dict(COPY_SETTINGS),
-            timeout=timeout,
-            pg_bin_dir=ctx.pg_bin_dir,
-            server_env=dict(os.environ),
-        )
+
+        def restore(port: int) -> PitrResult:
+            options = PitrOptions(
+                target=Target("latest"),
+                target_dir=target_dir,
+                restore_command=restore_command,
+                start=True,
+                port=port,
+                port_chosen=True,
+                owner=ctx.owner,
+                archive_mode=False,
+                verify=verify,
+                settings=dict(COPY_SETTINGS),
+                timeout=timeout,
+                pg_bin_dir=ctx.pg_bin_dir,
+                server_env=dict(os.environ),
+            )
+            return PitrRestorer(ctx.storage, ctx.codec, options, conninfo=ctx.source_ci).run()
+
         source_now = ctx.source.now()
         log.info("drill: restoring base backup + WAL", extra={"p88": {"newest": newest.id, "port": port}})
         t0 = time.monotonic()
         try:
-            result = PitrRestorer(ctx.storage, ctx.codec, options, conninfo=ctx.source_ci).run()
+            try:
+                result = restore(port)
+            except P88Error as exc:
+                if not ctx.port_taken(port, target_dir):
+                    raise
+                # Another program bound the port between our pick and the server's start. The layout
+                # is redone from the start (the restorer owns it), so this attempt's time is not counted.
+                taken, port = port, ctx.port()
+                log.warning(
+                    "drill: the scratch port was taken before the server could listen on it: restoring again",
+                    extra={"p88": {"port": taken, "next_port": port, "error": str(exc)}},
+                )
+                with ctx.interrupts.shield():
+                    remove_tree(base, ctx.pg_bin_dir)
+                make_private_dir(base, ctx.owner)
+                source_now = ctx.source.now()
+                t0 = time.monotonic()
+                result = restore(port)
             restore_s = time.monotonic() - t0
             backup_id, lsn, timeline = result.backup_id, result.lsn, result.timeline
             major = _major(target_dir, major)

@@ -28,13 +28,13 @@ import shutil
 import signal
 import socket
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from p88backup.errors import P88Error, PgToolError, RefusedError
 from p88backup.pg.conn import ConnInfo
+from p88backup.pg.proc import run_tool, stderr_tail
 from p88backup.pg.tools import server_for
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ SPACE_FLOOR = 256 * MIB
 SCRATCH_PREFIX = "drill-"
 SUPERUSER = "postgres"
 SERVER_TIMEOUT = 300  # seconds for initdb, and for a server to start or stop
+SETTINGS_MARK = "# p88backup drill: a scratch copy, reachable only on the loopback address\n"
 
 
 # -- pure policy ------------------------------------------------------------------------------
@@ -153,27 +154,6 @@ def make_private_dir(path: Path, owner: str | None) -> None:
         os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
-def run_as(
-    owner: str | None, argv: list[str], *, timeout: float, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """A server program, as ``owner`` when we are root, bounded in time."""
-    pw = pwd.getpwnam(owner) if owner else None
-    try:
-        return subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            cwd="/",
-            user=pw.pw_uid if pw else None,
-            group=pw.pw_gid if pw else None,
-            extra_groups=[] if pw else None,
-        )
-    except subprocess.TimeoutExpired:
-        raise PgToolError(f"{os.path.basename(argv[0])} did not finish within {timeout:.0f}s") from None
-
-
 def processes_in(root: Path) -> list[int]:
     """Pids of processes whose working directory is ``root`` or below it.
 
@@ -201,11 +181,16 @@ def stop_server(datadir: Path, owner: str | None, pg_bin_dir: Path | None) -> No
         try:
             major = int((datadir / "PG_VERSION").read_text().strip())
             pg_ctl = server_for("pg_ctl", major, pg_bin_dir).path
-            r = run_as(
-                owner, [str(pg_ctl), "-D", str(datadir), "-m", "immediate", "-w", "-t", "60", "stop"], timeout=90
+            r = run_tool(
+                [str(pg_ctl), "-D", str(datadir), "-m", "immediate", "-w", "-t", "60", "stop"],
+                user=owner,
+                timeout=90,
+                check=False,
             )
             if r.returncode != 0:  # not running (a stale postmaster.pid), or stuck: the kill below decides
-                log.debug("pg_ctl stop failed", extra={"p88": {"dir": str(datadir), "error": r.stderr.strip()[-300:]}})
+                log.debug(
+                    "pg_ctl stop failed", extra={"p88": {"dir": str(datadir), "error": stderr_tail(r.stderr, 300)}}
+                )
         except (OSError, ValueError, PgToolError) as exc:
             log.warning("could not run pg_ctl stop", extra={"p88": {"dir": str(datadir), "error": str(exc)}})
     if datadir.exists():
@@ -275,6 +260,14 @@ def reap_leftovers(work_dir: Path, pg_bin_dir: Path | None) -> list[Path]:
 # -- the dump drill's cluster ----------------------------------------------------------------------
 
 
+class ServerStartError(PgToolError):
+    """A scratch server did not start; ``port`` is the one it was to listen on (taken since it was picked?)."""
+
+    def __init__(self, message: str, *, port: int) -> None:
+        super().__init__(message)
+        self.port = port
+
+
 class ScratchCluster:
     """An empty cluster of one major, made with initdb under ``base``, for a dump to be restored into."""
 
@@ -324,25 +317,38 @@ class ScratchCluster:
                 "--encoding=UTF8",
                 "--no-locale",
             ]
-            r = run_as(self.owner, argv, timeout=SERVER_TIMEOUT)
+            run_tool(
+                argv,
+                user=self.owner,
+                timeout=SERVER_TIMEOUT,
+                message=f"initdb {self.major} for the drill's scratch cluster",
+            )
         finally:
             pwfile.unlink(missing_ok=True)
-        if r.returncode != 0:
-            raise PgToolError(f"initdb {self.major} failed for the drill's scratch cluster: {r.stderr.strip()[-500:]}")
-        with open(self.datadir / "postgresql.auto.conf", "a") as fh:
-            fh.write(
-                "# p88backup drill: a scratch copy, reachable only on the loopback address\n"
-                f"port = {self.port}\n"
-                "listen_addresses = '127.0.0.1'\n"
-                "unix_socket_directories = ''\n"
-            )
+        self._write_settings()
+
+    def _write_settings(self) -> None:
+        """Our settings, after anything initdb wrote (the last line of a setting wins)."""
+        conf = self.datadir / "postgresql.auto.conf"
+        text = conf.read_text().split(SETTINGS_MARK, 1)[0]
+        conf.write_text(
+            text + SETTINGS_MARK + f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
+        )
+
+    def move_to(self, port: int) -> None:
+        """Listen on ``port`` from the next start (the cluster is not running)."""
+        self.port = port
+        self._write_settings()
 
     def start(self) -> None:
         pg_ctl = server_for("pg_ctl", self.major, self.pg_bin_dir)
         argv = [str(pg_ctl.path), "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", str(SERVER_TIMEOUT)]
-        r = run_as(self.owner, [*argv, "start"], timeout=SERVER_TIMEOUT + 30)
+        r = run_tool([*argv, "start"], user=self.owner, timeout=SERVER_TIMEOUT + 30, check=False)
         if r.returncode != 0:
-            raise PgToolError(f"the drill's scratch cluster did not start: {self.log_tail() or r.stderr.strip()}")
+            raise ServerStartError(
+                f"the drill's scratch cluster did not start: {self.log_tail() or stderr_tail(r.stderr)}",
+                port=self.port,
+            )
 
     def log_tail(self, lines: int = 5) -> str:
         try:
