@@ -14,6 +14,9 @@ when day-of-month and day-of-week are both restricted (neither starts with
 ``*``) a day matches when *either* matches: ``0 0 1 * mon`` runs on the 1st and
 on every Monday.
 
+A schedule that matches no time at all (``0 0 30 2 *``: February has no 30th)
+is refused (:func:`never_fires`) rather than accepted as a job that never runs.
+
 Six fields, a seconds field first (``*/5 * * * * *``), are accepted too: the
 tests use them to make jobs fire within seconds. Production schedules are
 five fields.
@@ -138,7 +141,7 @@ def parse_schedule(text: str) -> Cron | None:
     months, _ = _field(fields[3], "month", 1, 12, MONTHS, first=1)
     weekdays7, weekdays_restricted = _field(fields[4], "day-of-week", 0, 7, WEEKDAYS)
     weekdays = tuple(sorted({d % 7 for d in weekdays7}))  # 7 is Sunday too
-    return Cron(
+    cron = Cron(
         " ".join(stripped.split()),
         seconds,
         minutes,
@@ -149,6 +152,33 @@ def parse_schedule(text: str) -> Cron | None:
         days_restricted,
         weekdays_restricted,
     )
+    problem = never_fires(cron)
+    if problem:
+        raise CronError(problem)
+    return cron
+
+
+# The most days each month ever has (February 29 in leap years).
+MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def never_fires(cron: Cron) -> str | None:
+    """Why ``cron`` matches no time at all (a job that would silently never run), or None.
+
+    Only day-of-month against month can rule every time out: hours, minutes
+    and seconds always have a value, and over the 400-year Gregorian cycle
+    every date, February 29 included, falls on every weekday. When both day
+    fields are restricted either may match, and the weekdays alone always do.
+    """
+    if cron.days_restricted and cron.weekdays_restricted:
+        return None
+    if any(day <= MONTH_DAYS[month - 1] for month in cron.months for day in cron.days):
+        return None
+    days = ",".join(str(d) for d in cron.days)
+    months = ",".join(MONTHS[m - 1] for m in cron.months)
+    most = max(MONTH_DAYS[m - 1] for m in cron.months)
+    have = "has" if len(cron.months) == 1 else "have"
+    return f"never fires: {months} {have} no day {days} (at most {most} days), so the job would never run"
 
 
 def check_schedule(text: str) -> str | None:

@@ -156,6 +156,54 @@ def test_the_trigger_and_the_parsed_fields_agree_minute_by_minute(text: str) -> 
     assert got == expected and expected
 
 
+# -- schedules that never fire ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("0 0 30 2 *", "never fires: feb has no day 30 (at most 29 days), so the job would never run"),
+        ("0 0 31 feb *", "feb has no day 31"),
+        ("0 0 30,31 2 *", "feb has no day 30,31"),
+        ("0 0 31 4,6,9,11 *", "apr,jun,sep,nov have no day 31 (at most 30 days)"),
+        ("0 0 30-31/1 2 */2", "feb has no day 30,31"),  # a star-led weekday field restricts nothing: both must match
+        ("0 0 0 30 2 *", "feb has no day 30"),  # six fields
+    ],
+)
+def test_a_schedule_that_never_fires_is_refused(text: str, problem: str) -> None:
+    """Before: accepted; `schedule --list` showed '-' as for 'off', and the job silently never ran."""
+    with pytest.raises(CronError) as exc:
+        parse_schedule(text)
+    assert problem in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "fires"),
+    [
+        ("0 0 30 2 *", False),
+        ("0 0 31 4,6,9,11 *", False),
+        ("0 0 30-31 2 */2", False),
+        ("0 0 29 2 *", True),  # leap years
+        ("0 0 31 * *", True),
+        ("0 0 31 2,3 *", True),
+        ("0 0 30 2 mon", True),  # both day fields restricted: every Monday of February
+        ("0 0 */10 2 fri", True),  # star-led: day 1 (or 11, 21) of February on a Friday
+        ("0 0 29 2 */7", True),  # February 29 on a Sunday: 2032
+        ("0 0 1 1 *", True),
+    ],
+)
+def test_refused_exactly_when_apscheduler_finds_no_fire_time(
+    text: str, fires: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from p88backup.schedule.cron import never_fires
+
+    monkeypatch.setattr("p88backup.schedule.cron.never_fires", lambda _cron: None)  # the fields as parsed
+    cron = parse_schedule(text)
+    assert cron is not None
+    assert (trigger(cron).get_next_fire_time(None, THURSDAY) is not None) is fires
+    assert (never_fires(cron) is None) is fires
+
+
 # -- the settings ---------------------------------------------------------------------------
 
 
@@ -201,6 +249,12 @@ def test_a_job_is_switched_off_and_timed_from_the_environment_or_the_file(
             "invalid setting schedule.dump (env P88_SCHEDULE__DUMP): must be off or a cron expression of 5 fields",
         ),
         ({}, '[schedule]\nwal_verify = "5 * * * 8"\n', "schedule.wal_verify (env P88_SCHEDULE__WAL_VERIFY): day-of"),
+        (
+            {},
+            '[schedule]\ndrill = "0 5 30 2 *"\n',
+            "schedule.drill (env P88_SCHEDULE__DRILL): never fires: feb has no day 30 (at most 29 days)",
+        ),
+        ({"P88_SCHEDULE__DUMP": "15 2 31 apr,jun *"}, "", "never fires: apr,jun have no day 31 (at most 30 days)"),
         ({"P88_SCHEDULE__LISTEN": "9188"}, "", "schedule.listen (env P88_SCHEDULE__LISTEN): must be HOST:PORT"),
         ({"P88_SCHEDULE__LISTEN": "0.0.0.0:99999"}, "", "with a port from 1 to 65535"),
         ({"P88_SCHEDULE__LISTEN": ":::9188"}, "", "an IPv6 address goes in brackets"),
