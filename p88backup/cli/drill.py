@@ -73,6 +73,8 @@ def drill_cmd(
       p88backup drill
       p88backup drill --no-pitr --json
     """
+    if dump is False and pitr is False:
+        raise click.UsageError("--no-dump and --no-pitr together leave nothing to drill")
     from p88backup.cli.restore import restore_command
     from p88backup.core.drill.checks import CheckSpec
     from p88backup.core.drill.report import failure_message

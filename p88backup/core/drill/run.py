@@ -2,8 +2,9 @@
 
 Order of a run, each step refusing early what would fail later:
 
-1. choose what to drill (the latest dump, the latest base backup: each when
-   asked for, by default when the storage has one);
+1. choose what to drill (the latest dump, and the base backup that
+   ``restore --pitr latest`` would restore, i.e. the newest on the live
+   timeline's history: each when asked for, by default when the storage has one);
 2. refuse at once (exit 12) when one of them is encrypted and no age identity
    is configured: a drill runs where the key is, the drill host; and (exit 7)
    when the server programs of a backup's major are not installed here;
@@ -50,7 +51,9 @@ from p88backup.core.drill.scratch import (
     unreachable_parent,
 )
 from p88backup.core.drill.source import Source
-from p88backup.errors import CryptoError, InterruptedRunError, NotFoundError, RefusedError
+from p88backup.core.pitr.plan import Target
+from p88backup.core.pitr.restore import PitrOptions, PitrRestorer
+from p88backup.errors import CryptoError, InterruptedRunError, NotFoundError, P88Error, RefusedError
 from p88backup.pg.conn import ConnInfo
 from p88backup.storage import Storage
 from p88backup.stream import Codec
@@ -105,7 +108,7 @@ class DrillRunner:
         if self.opt.pitr is not False:
             bases = self.catalog.basebackups()
             if bases:
-                base = bases[-1]
+                base = self._pitr_base(bases)
             elif self.opt.pitr:
                 raise NotFoundError(
                     f"no base backup to drill in {self.storage.url}", hint="run p88backup basebackup first"
@@ -116,6 +119,31 @@ class DrillRunner:
                 hint="run p88backup dump (and basebackup) first",
             )
         return dump, base
+
+    def _pitr_base(self, bases: list[BaseBackupManifest]) -> BaseBackupManifest:
+        """The base backup ``restore --pitr latest`` will restore: the newest on the live timeline's
+        history, as its planner decides, which is not always the newest of all (one taken on a branch
+        a restore abandoned). The checks before the drill (key, programs, space) are about that one.
+
+        When the planner refuses (a WAL gap, a timeline it cannot follow), the drill will record that
+        as its finding; the newest backup stands in for the checks meanwhile, as before.
+        """
+        options = PitrOptions(target=Target("latest"), target_dir=self.opt.work_dir, restore_command="")
+        try:
+            chosen, _ = PitrRestorer(self.storage, self.codec, options).plan()
+        except P88Error as exc:
+            log.warning(
+                "drill: cannot plan the point-in-time restore; the drill will say why",
+                extra={"p88": {"error": str(exc)}},
+            )
+            return bases[-1]
+        if chosen.id != bases[-1].id:
+            log.info(
+                "drill: the newest base backup is not on the live timeline's history; drilling the one "
+                "restore --pitr latest would use",
+                extra={"p88": {"newest": bases[-1].id, "drilled": chosen.id}},
+            )
+        return chosen
 
     def _need_key(self, dump: DumpManifest | None, base: BaseBackupManifest | None) -> None:
         encrypted = [
