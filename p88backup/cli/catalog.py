@@ -212,33 +212,34 @@ def status_cmd(
         return
     from p88backup import metrics
     from p88backup.catalog.backups import Catalog
-    from p88backup.core.health import Limits
-    from p88backup.core.status import collect
+    from p88backup.core.status import collect, limits
     from p88backup.core.wal.archive import WalArchive
     from p88backup.errors import UnhealthyError
 
     s = app.settings
-    limits = Limits(
-        max_dump_age=max_dump_age if max_dump_age is not None else s.status.seconds("max_dump_age"),
-        max_basebackup_age=max_basebackup_age
-        if max_basebackup_age is not None
-        else s.status.seconds("max_basebackup_age"),
-        max_wal_age=max_wal_age if max_wal_age is not None else s.status.seconds("max_wal_age"),
-        max_drill_age=max_drill_age if max_drill_age is not None else s.status.seconds("max_drill_age"),
+    thresholds = limits(
+        s.status,
+        max_dump_age=max_dump_age,
+        max_basebackup_age=max_basebackup_age,
+        max_wal_age=max_wal_age,
+        max_drill_age=max_drill_age,
     )
-    report = collect(
-        Catalog(app.storage),
-        WalArchive(app.storage, app.codec),
-        now=datetime.now(UTC),
-        limits=limits,
-        conninfo=app.conninfo if s.database_url else None,
-    )
-    wal = report.facts.wal
-    metrics.wal_freshness(
-        age_seconds=wal.age_seconds,
-        newest_at=wal.newest_archived_at.timestamp() if wal.newest_archived_at else None,
-        lag_bytes=wal.lag_bytes,
-    )
+    try:
+        report = collect(
+            Catalog(app.storage),
+            WalArchive(app.storage, app.codec),
+            now=datetime.now(UTC),
+            limits=thresholds,
+            conninfo=app.conninfo if s.database_url else None,
+        )
+    except Exception:
+        # On a cron host the textfile is where alerts look: a check that could not be made says
+        # so there, instead of leaving the last good figures in place.
+        metrics.status_check_failed()
+        metrics.verdict(False)
+        raise
+    metrics.status_report(report)
+    metrics.verdict(report.healthy)
     if as_json:
         render.emit_json(report.as_dict())
     else:

@@ -62,6 +62,7 @@ def schedule_cmd(app: App, no_wal_stream: bool, list_only: bool) -> None:
     import threading
 
     from p88backup import metrics
+    from p88backup.core.status import limits
     from p88backup.core.wal.streamhealth import default_spool
     from p88backup.locks import job_lock
     from p88backup.schedule.scheduler import Daemon, StatusCheck
@@ -72,6 +73,7 @@ def schedule_cmd(app: App, no_wal_stream: bool, list_only: bool) -> None:
         stop_grace=s.schedule.stop_grace_seconds,
         base_argv=_p88backup_argv(app),
         wal_stream_spool=None if no_wal_stream else default_spool(s.work_dir),
+        limits=limits(s.status),
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

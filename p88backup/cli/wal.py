@@ -131,11 +131,7 @@ def wal_verify_cmd(app: App, as_json: bool) -> None:
     fresh = report.freshness
     assert fresh is not None
     archiving = wal_check(fresh, s.status.seconds("max_wal_age"))
-    metrics.wal_freshness(
-        age_seconds=fresh.age_seconds,
-        newest_at=fresh.newest_archived_at.timestamp() if fresh.newest_archived_at else None,
-        lag_bytes=fresh.lag_bytes,
-    )
+    metrics.wal_freshness(fresh)
     if as_json:
         render.emit_json(report.as_dict() | {"archiving": archiving.as_dict()})
     else:

@@ -29,6 +29,9 @@ from p88backup.core.wal.freshness import WalFreshness
 from p88backup.core.wal.names import format_lsn
 from p88backup.times import format_duration
 
+CHECKS = ("dump_age", "basebackup_age", "wal_age", "drill_age", "drill_passed")
+"""Every check :func:`judge` makes, in its order (the ``check`` label of ``p88backup_check_ok``)."""
+
 
 @dataclass(frozen=True)
 class Limits:

@@ -5,14 +5,17 @@ module reads storage and, when a database is configured, asks the server
 for its WAL position. ``status --json`` is :meth:`StatusReport.as_dict`:
 the keys it always had (``storage``, ``checked_at``, ``dumps``,
 ``basebackups``) plus ``wal``, ``drills``, ``checks`` and ``healthy``.
+
+:func:`limits` is the one place the ``[status]`` thresholds become
+:class:`~p88backup.core.health.Limits` (``status``, ``schedule``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from p88backup.core.health import Facts, Limits, Newest, Verdict, judge
 from p88backup.core.wal.freshness import measure
@@ -22,6 +25,25 @@ if TYPE_CHECKING:
     from p88backup.catalog.models import BaseBackupManifest, DrillReport, DumpManifest
     from p88backup.core.wal.archive import WalArchive
     from p88backup.pg.conn import ConnInfo
+
+
+class Thresholds(Protocol):
+    """What :func:`limits` reads: ``[status]`` (``Settings.status``), a duration setting in seconds."""
+
+    def seconds(self, name: str) -> float | None: ...
+
+
+def limits(status: Thresholds, **given: float | None) -> Limits:
+    """The ``[status]`` thresholds, each replaced by a value ``given`` that is not None
+    (``status --max-dump-age 3d`` -> ``limits(s.status, max_dump_age=259200.0)``)."""
+    unknown = set(given) - {f.name for f in fields(Limits)}
+    if unknown:
+        raise TypeError(f"not a [status] threshold: {', '.join(sorted(unknown))}")
+    values = {}
+    for f in fields(Limits):
+        value = given.get(f.name)
+        values[f.name] = value if value is not None else status.seconds(f.name)
+    return Limits(**values)
 
 
 @dataclass(frozen=True)

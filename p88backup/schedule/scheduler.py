@@ -51,12 +51,14 @@ from p88backup.schedule.children import Children, send, wait_all
 from p88backup.schedule.cron import Cron, parse_schedule, trigger
 from p88backup.schedule.health import HealthMonitor, StatusResult
 from p88backup.schedule.httpd import HealthServer
-from p88backup.schedule.jobs import JOBS, JobRunner
+from p88backup.schedule.jobs import JOBS, JobRunner, Outcome, follow_up
 from p88backup.schedule.supervisor import WalStreamSupervisor
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
 
+    from p88backup.core.health import Limits
+    from p88backup.core.status import StatusReport
     from p88backup.pg.conn import ConnInfo
     from p88backup.settings import Settings
     from p88backup.storage import Storage
@@ -80,6 +82,9 @@ class DaemonConfig:
     wal_stream_spool: Path | None
     """wal-stream's spool (its status file is half of /healthz), or None: no wal-stream."""
     health_interval: float = 60.0
+    limits: Limits | None = None
+    """The ``[status]`` limits /healthz judges by, to warn at start about what they leave unchecked
+    (None: not known here, no warning)."""
 
 
 def plan(schedules: dict[str, str]) -> list[tuple[str, Cron | None]]:
@@ -99,15 +104,20 @@ def next_runs(schedules: dict[str, str], now: datetime) -> list[tuple[str, str, 
 
 
 class StatusCheck:
-    """The ``status`` verdict, in-process, for /healthz (and the WAL series of /metrics)."""
+    """The ``status`` verdict, in-process, for /healthz and /metrics.
+
+    Every check records its findings in the metrics registry; a check that cannot be
+    made records that (:func:`p88backup.metrics.status_check_failed`), so the
+    figures of the last good check do not stay on /metrics as if they were current.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
+        codec: Callable[[], Codec],
+        conninfo: Callable[[], ConnInfo],
         storage: Callable[[], Storage] | None = None,
-        codec: Callable[[], Codec] | None = None,
-        conninfo: Callable[[], ConnInfo] | None = None,
     ) -> None:
         self.settings = settings
         self._make_storage = storage or self._open_storage
@@ -121,61 +131,70 @@ class StatusCheck:
         s = self.settings
         return open_storage(s.storage_url, retry_deadline=min(s.retry_deadline_seconds, STATUS_RETRY_DEADLINE))
 
-    def __call__(self) -> StatusResult:
-        from p88backup import metrics
+    def _collect(self) -> StatusReport:
         from p88backup.catalog.backups import Catalog
-        from p88backup.core.health import Limits
-        from p88backup.core.status import collect
+        from p88backup.core.status import collect, limits
         from p88backup.core.wal.archive import WalArchive
 
         s = self.settings
         if self._storage is None:
             self._storage = self._make_storage()
-        if self._make_codec is None:
-            from p88backup.stream import make_codec
-
-            codec = make_codec(
-                level=s.compression_level,
-                threads=s.compression_threads,
-                recipients=s.age_recipients,
-                recipients_file=s.age_recipients_file,
-                identity_file=s.age_identity_file,
-            )
-        else:
-            codec = self._make_codec()
-        limits = Limits(
-            max_dump_age=s.status.seconds("max_dump_age"),
-            max_basebackup_age=s.status.seconds("max_basebackup_age"),
-            max_wal_age=s.status.seconds("max_wal_age"),
-            max_drill_age=s.status.seconds("max_drill_age"),
-        )
-        conninfo = None
-        if s.database_url:
-            if self._conninfo is not None:
-                conninfo = self._conninfo()
-            else:
-                from p88backup.pg.conn import ConnInfo
-
-                conninfo = ConnInfo.from_url(s.database_url)
-        report = collect(
+        return collect(
             Catalog(self._storage),
-            WalArchive(self._storage, codec),
+            WalArchive(self._storage, self._make_codec()),
             now=datetime.now(UTC),
-            limits=limits,
-            conninfo=conninfo,
+            limits=limits(s.status),
+            conninfo=self._conninfo() if s.database_url else None,
         )
-        wal = report.facts.wal
-        metrics.wal_freshness(
-            age_seconds=wal.age_seconds,
-            newest_at=wal.newest_archived_at.timestamp() if wal.newest_archived_at else None,
-            lag_bytes=wal.lag_bytes,
-        )
+
+    def __call__(self) -> StatusResult:
+        from p88backup import metrics
+
+        try:
+            report = self._collect()
+        except Exception:
+            metrics.status_check_failed()
+            raise  # the health monitor says why, on /healthz and in the log
+        metrics.status_report(report)
         return StatusResult(
             time.time(),
             report.healthy,
             failures=tuple(f"{c.name}: {c.reason}" for c in report.verdict.failures),
             checks=tuple(c.as_dict() for c in report.verdict.checks),
         )
+
+
+# Scheduled job -> the [status] limit that says whether its backups are recent enough.
+FRESHNESS_LIMITS = {"dump": "max_dump_age", "basebackup": "max_basebackup_age", "drill": "max_drill_age"}
+
+
+def unchecked_freshness(
+    jobs: Sequence[tuple[str, Cron | None]], limits: Limits, *, wal_stream: bool
+) -> list[tuple[str, str]]:
+    """(what, limit) for each scheduled job whose result /healthz never judges, its ``[status]``
+    limit being unset; and WAL when nothing watches archiving (no wal-stream, no ``max_wal_age``)."""
+    out = [
+        (key, FRESHNESS_LIMITS[key])
+        for key, cron in jobs
+        if cron is not None and key in FRESHNESS_LIMITS and getattr(limits, FRESHNESS_LIMITS[key]) is None
+    ]
+    if not wal_stream and limits.max_wal_age is None:
+        out.append(("wal", "max_wal_age"))
+    return out
+
+
+def job_commands(jobs: Sequence[tuple[str, Cron | None]]) -> list[str]:
+    """The commands (the ``job`` label of the metrics) that the scheduled ``jobs`` run, follow-ups too."""
+    out: list[str] = []
+    for key, cron in jobs:
+        if cron is None:
+            continue
+        command = JOBS[key][0]
+        follow = follow_up(key, Outcome(command, 0, 0.0))  # what a successful run is followed by
+        for name in (command, *((follow[0],) if follow else ())):
+            if name not in out:
+                out.append(name)
+    return out
 
 
 class Daemon:
@@ -203,6 +222,7 @@ class Daemon:
     def run(self, stop: threading.Event) -> None:
         """Start everything, wait for ``stop`` (set by the signal handlers), then :meth:`shutdown`."""
         jobs = plan(self.config.schedules)  # the settings checked them; a mistake here fails before anything runs
+        self._announce(jobs)
         self.server.start()  # the one start-up failure that is fatal: nobody could see our health
         try:
             self.health.start()
@@ -214,6 +234,30 @@ class Daemon:
                 pass
         finally:
             self.shutdown()
+
+    def _announce(self, jobs: Sequence[tuple[str, Cron | None]]) -> None:
+        """Before anything runs: the metrics every scrape should find, and what /healthz will not see."""
+        from p88backup import metrics
+
+        # Each scheduled job's failure counter at 0, so that its first failure is an increase.
+        metrics.jobs_known(job_commands(jobs))
+
+        # p88backup_healthy (and wal-stream's check) are /healthz's verdict at the time of the scrape.
+        def stream_ok() -> bool:
+            verdict = self.health.stream_verdict()
+            return verdict is not None and verdict[0]
+
+        stream = {"wal_stream": stream_ok} if self.config.wal_stream_spool is not None else {}
+        metrics.verdict_from(lambda: self.health.assessment().healthy, stream)
+        if self.config.limits is None:
+            return
+        for what, limit in unchecked_freshness(
+            jobs, self.config.limits, wal_stream=self.config.wal_stream_spool is not None
+        ):
+            log.warning(
+                "freshness not checked: /healthz and status never fail on how old this is",
+                extra={"p88": {"job": what, "unset": f"status.{limit}", "env": f"P88_STATUS__{limit.upper()}"}},
+            )
 
     def _start_scheduler(self, jobs: Sequence[tuple[str, Cron | None]]) -> BackgroundScheduler:
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED

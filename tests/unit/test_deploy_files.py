@@ -367,13 +367,34 @@ def test_alert_rules_use_only_series_that_p88backup_exports() -> None:
 
 
 def test_alert_rules_cover_old_backups_stopped_archiving_and_failed_drills() -> None:
-    exprs = {rule["alert"]: rule["expr"] for rule in _alert_rules()}
+    exprs = {rule["alert"]: " ".join(rule["expr"].split()) for rule in _alert_rules()}
     joined = "\n".join(exprs.values())
-    assert 'p88backup_last_success_timestamp_seconds{job="dump"}' in joined
-    assert 'p88backup_last_success_timestamp_seconds{job="basebackup"}' in joined
-    assert "p88backup_newest_wal_age_seconds" in joined and "p88backup_wal_archive_lag_bytes" in joined
-    assert "p88backup_drill_success == 0" in joined
+    for kind in ("dump", "basebackup", "drill"):
+        assert f'time() - max(p88backup_newest_backup_timestamp_seconds{{kind="{kind}"}}) >' in joined, kind
+    assert "time() - p88backup_newest_wal_timestamp_seconds > 15 * 60" in joined
+    assert "p88backup_drill_success == 0" in joined and 'p88backup_check_ok{check="drill_passed"} == 0' in joined
+    assert "p88backup_status_check_success == 0" in joined and "p88backup_healthy == 0" in joined
     assert 'up{job="p88backup"}' in joined
+
+
+def test_alert_rules_cannot_go_quiet_while_protection_has_stopped() -> None:
+    """Before: backup ages were read from the sidecar's per-process job series (a restart resolved
+    an active alert and restarted the absent() timers), archiving stopped needed a known lag (NaN,
+    PostgreSQL unreachable, never fired) and the age gauge (frozen at its last good value while
+    storage was down), and nothing alerted on a status check that could not be made."""
+    rules = {rule["alert"]: rule for rule in _alert_rules()}
+    for name, rule in rules.items():
+        expr = rule["expr"]
+        # per-process series reset by a restart decide no "too old"; nothing waits on their absence
+        assert "p88backup_last_success_timestamp_seconds" not in expr, name
+        assert "absent(" not in expr or "absent(up{" in expr, name
+        # a gauge frozen (or NaN) when the check fails never decides alone: times and verdicts do
+        assert "p88backup_newest_wal_age_seconds" not in expr, name
+        if "p88backup_wal_archive_lag_bytes" in expr and name != "P88BackupArchiveLagHigh":
+            # NaN compares false: the lag may only *silence* the rule when it is known to be small
+            assert " ".join(expr.split()).endswith("unless on() p88backup_wal_archive_lag_bytes <= 16 * 1024 * 1024")
+    for name in ("P88BackupStatusCheckFailing", "P88BackupUnhealthy"):
+        assert rules[name]["labels"]["severity"] == "critical" and rules[name]["for"] == "15m"
 
 
 @pytest.mark.parametrize(

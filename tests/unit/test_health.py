@@ -10,7 +10,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from p88backup.core.health import Facts, Limits, Newest, age_check, drill_passed_check, human, judge, wal_check
+from p88backup.core.health import (
+    CHECKS,
+    Facts,
+    Limits,
+    Newest,
+    age_check,
+    drill_passed_check,
+    human,
+    judge,
+    wal_check,
+)
+from p88backup.core.status import limits
 from p88backup.core.wal.freshness import ServerPosition, WalFreshness, archive_lag, newest_on_history
 from p88backup.core.wal.names import HistoryEntry
 
@@ -235,3 +246,40 @@ def test_newest_on_history(segments: list[str], history: list[HistoryEntry], tim
 )
 def test_archive_lag(newest: str | None, server_lsn: int, expected: tuple[int, int, int]) -> None:
     assert archive_lag(newest, ServerPosition(server_lsn, 1, SEG)) == expected
+
+
+def test_the_checks_are_the_ones_judge_makes() -> None:
+    """p88backup_check_ok{check} and a failed check's NaNs (metrics.status_check_failed) use CHECKS."""
+    verdict = judge(Facts(None, None, None, wal(None)), Limits(), NOW)
+    assert tuple(c.name for c in verdict.checks) == CHECKS
+
+
+class Thresholds:
+    """``Settings.status`` as limits() reads it: seconds by name."""
+
+    def __init__(self, **seconds: float) -> None:
+        self.given = seconds
+
+    def seconds(self, name: str) -> float | None:
+        return self.given.get(name)
+
+
+@pytest.mark.parametrize(
+    ("configured", "given", "expected"),
+    [
+        ({}, {}, Limits()),
+        ({"max_dump_age": 26 * H, "max_wal_age": 15 * M}, {}, Limits(max_dump_age=26 * H, max_wal_age=15 * M)),
+        # the command line wins, each threshold on its own; None on the command line: the config's
+        ({"max_dump_age": 26 * H}, {"max_dump_age": 3 * D, "max_wal_age": None}, Limits(max_dump_age=3 * D)),
+        ({"max_drill_age": 8 * D}, {"max_basebackup_age": 1.0}, Limits(max_basebackup_age=1.0, max_drill_age=8 * D)),
+    ],
+)
+def test_limits_from_the_config_and_the_command_line(
+    configured: dict[str, float], given: dict[str, float | None], expected: Limits
+) -> None:
+    assert limits(Thresholds(**configured), **given) == expected
+
+
+def test_limits_refuse_a_name_that_is_no_threshold() -> None:
+    with pytest.raises(TypeError, match="max_dumps_age"):
+        limits(Thresholds(), max_dumps_age=1.0)

@@ -7,27 +7,47 @@ Before: `p88backup schedule` did not exist (the [schedule] settings were read by
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import math
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 import pytest
 
 from p88backup import metrics
+from p88backup.catalog.backups import Catalog
+from p88backup.catalog.layout import STORAGE_MARKER, wal_key
+from p88backup.core.health import Limits
+from p88backup.errors import StorageNotInitialisedError
 from p88backup.schedule.children import Children
 from p88backup.schedule.health import HealthMonitor, StatusResult, assess
 from p88backup.schedule.httpd import HealthServer
 from p88backup.schedule.jobs import JobRunner, Outcome, drill_results, follow_up, result_name, stored_bytes
-from p88backup.schedule.scheduler import Daemon, DaemonConfig
+from p88backup.schedule.scheduler import (
+    Daemon,
+    DaemonConfig,
+    StatusCheck,
+    job_commands,
+    plan,
+    unchecked_freshness,
+)
 from p88backup.schedule.supervisor import WalStreamSupervisor, next_backoff
+from p88backup.settings import load_settings
+from p88backup.storage.base import ObjectInfo
+from p88backup.storage.memory import MemoryStorage
+from p88backup.stream import Codec
+from tests.harness.helpers import fake_dump_manifest
 from tests.harness.procs import free_port
 
 # The stand-in: records each run in $FAKE_LOG and behaves as $FAKE_BEHAVIOUR says for its command
@@ -481,3 +501,133 @@ def test_sigint_ends_a_command_with_exit_16(monkeypatch: pytest.MonkeyPatch) -> 
 def interrupted_cmd() -> None:
     """Stand-in for a job that gets SIGINT while it runs."""
     raise KeyboardInterrupt
+
+
+# -- the status check's metrics, and what it reads ---------------------------------------------
+
+
+class CountingStorage(MemoryStorage):
+    """Memory storage that notes every open and list (what a status check costs)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.opened: list[str] = []
+        self.listed: list[str] = []
+
+    def open(self, key: str) -> BinaryIO:
+        self.opened.append(key)
+        return super().open(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self.listed.append(prefix)
+        return super().list(prefix)
+
+
+def status_check(storage: MemoryStorage) -> StatusCheck:
+    settings = load_settings(None, storage_url=storage.url, status={"max_dump_age": "26h"})
+    return StatusCheck(settings, codec=Codec, conninfo=lambda: pytest.fail("no database here"), storage=lambda: storage)
+
+
+def a_catalog(name: str, dumps: int = 3) -> CountingStorage:
+    storage = CountingStorage(name)
+    storage.init(b"{}")
+    catalog = Catalog(storage)
+    now = datetime.now(UTC)
+    for n in range(dumps, 0, -1):
+        when = (now - timedelta(hours=n)).replace(microsecond=0)
+        catalog.write(fake_dump_manifest(when.strftime("%Y%m%dT%H%M%SZ"), when))
+    for segno in range(1, 40):
+        storage.put(wal_key(f"00000001000000000000{segno:04X}", ".zst"), io.BytesIO(b"x"))
+    return storage
+
+
+def test_a_status_check_that_cannot_be_made_leaves_no_good_figures_on_metrics() -> None:
+    """Before: the WAL series were set only after a check succeeded, so while storage was down
+    /metrics kept the last good age and lag and P88BackupArchivingStopped could not fire."""
+    storage = a_catalog(uuid.uuid4().hex)
+    check = status_check(storage)
+    assert check().healthy
+    assert (sample("p88backup_newest_wal_age_seconds") or 1e9) < 60
+    assert sample("p88backup_status_check_success") == 1.0
+    assert sample("p88backup_check_ok", check="dump_age") == 1.0
+    newest_wal = sample("p88backup_newest_wal_timestamp_seconds")
+
+    storage.delete(STORAGE_MARKER)  # the volume is gone: every operation refuses
+    with pytest.raises(StorageNotInitialisedError):
+        check()
+    assert sample("p88backup_status_check_success") == 0.0
+    for name, labels in (
+        ("p88backup_newest_wal_age_seconds", {}),
+        ("p88backup_wal_archive_lag_bytes", {}),
+        ("p88backup_check_ok", {"check": "dump_age"}),
+        ("p88backup_check_ok", {"check": "wal_age"}),
+    ):
+        assert math.isnan(sample(name, **labels) or 0.0), name
+    assert sample("p88backup_newest_wal_timestamp_seconds") == newest_wal  # a time stays true
+
+
+@pytest.mark.timeout(60)
+def test_the_daemon_exports_its_verdict_and_every_job_s_counter_and_warns_about_unchecked_ages(
+    fake: Any, records: Records
+) -> None:
+    """Before: a job's failure counter appeared only at its first failure (at 1: no increase, no
+    alert), nothing on /metrics said what /healthz said, and a job whose [status] limit was unset
+    was never judged, without a word."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    config = daemon_config(fake, {"dump": "0 0 1 1 *", "drill": "0 0 1 1 *", "expire": "0 0 1 1 *"})
+    config.limits = Limits(max_dump_age=26 * 3600)
+    verdicts = [StatusResult(time.time(), False, failures=("dump_age: no dump at all (limit 1d2h)",))]
+    daemon = Daemon(config, lambda: verdicts[-1])
+    stop, thread = start(daemon)
+    try:
+        wait_until(lambda: records.lines("serving /healthz"), 10, "the server")
+        url = f"http://{config.listen}"
+
+        def scraped() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            body = get(f"{url}/metrics")[1].decode()
+            return {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(body)
+                for s in f.samples
+            }
+
+        wait_until(lambda: get(f"{url}/healthz")[0] == 503, 10, "the first verdict")
+        got = scraped()
+        assert got[("p88backup_healthy", ())] == 0.0
+        for job in ("dump", "verify", "drill", "expire"):  # verify follows each dump
+            assert got[("p88backup_job_failures_total", (("job", job),))] == 0.0, job
+        assert ("p88backup_job_failures_total", (("job", "basebackup"),)) not in got  # not scheduled
+
+        verdicts.append(StatusResult(time.time(), True))
+        daemon.health.poke()
+        wait_until(lambda: get(f"{url}/healthz")[0] == 200, 10, "healthy")
+        assert scraped()[("p88backup_healthy", ())] == 1.0  # asked at the scrape, as /healthz is
+    finally:
+        stop.set()
+        thread.join(30)
+    unchecked = [(r["job"], r["unset"], r["level"]) for r in records.lines("freshness not checked")]
+    # dump has its limit; --no-wal-stream and no max_wal_age: archiving is judged by nothing either
+    assert unchecked == [("drill", "status.max_drill_age", "WARNING"), ("wal", "status.max_wal_age", "WARNING")]
+
+
+@pytest.mark.parametrize(
+    ("schedules", "limits", "wal_stream", "expected"),
+    [
+        ({"dump": "15 2 * * *"}, Limits(), True, [("dump", "max_dump_age")]),
+        ({"dump": "15 2 * * *"}, Limits(max_dump_age=1), True, []),
+        ({"dump": "off", "basebackup": "45 2 * * 0"}, Limits(), True, [("basebackup", "max_basebackup_age")]),
+        ({"expire": "30 4 * * *", "wal_verify": "5 * * * *", "reindex": "0 3 * * *"}, Limits(), True, []),
+        ({}, Limits(), False, [("wal", "max_wal_age")]),
+        ({}, Limits(max_wal_age=900), False, []),
+    ],
+)
+def test_unchecked_freshness(
+    schedules: dict[str, str], limits: Limits, wal_stream: bool, expected: list[tuple[str, str]]
+) -> None:
+    assert unchecked_freshness(plan(schedules), limits, wal_stream=wal_stream) == expected
+
+
+def test_job_commands_are_the_metrics_job_labels_of_a_schedule() -> None:
+    jobs = plan({"dump": "15 2 * * *", "wal_verify": "5 * * * *", "drill": "off"})
+    assert job_commands(jobs) == ["dump", "verify", "wal-verify"]

@@ -8,7 +8,9 @@ Before: `status` printed the newest backups' ages and exited 0 whatever they wer
 
 from __future__ import annotations
 
+import io
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,9 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from p88backup.catalog.backups import Catalog
+from p88backup.catalog.layout import STORAGE_MARKER
 from p88backup.catalog.models import DrillCheckResult, DrillReport, DrillRun, DrillSource
+from p88backup.core.health import CHECKS
 from p88backup.errors import ExitCode
 from p88backup.storage import open_storage
 from tests.harness.helpers import cli_env, fake_basebackup_manifest, fake_dump_manifest, init_storage, run_cli
@@ -114,8 +118,17 @@ def test_a_bad_duration_on_the_command_line_is_a_usage_error(tmp_path: Path) -> 
     assert r.returncode == ExitCode.USAGE and "use e.g. 15m, 26h, 8d, 1d12h" in r.stderr
 
 
-def test_status_writes_the_wal_figures_to_the_metrics_textfile(tmp_path: Path) -> None:
-    """Only what status measured (WAL freshness); no job series, and no file at all for --help."""
+def textfile(prom: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(prom.read_text())
+        for s in f.samples
+    }
+
+
+def test_status_writes_what_it_found_to_the_metrics_textfile(tmp_path: Path) -> None:
+    """Only what status measured (the catalog, the checks, WAL freshness); no job series, and no
+    file at all for --help."""
     prom = tmp_path / "metrics" / "p88backup.prom"
     prom.parent.mkdir()
     env, _ = catalog_env(tmp_path, P88_METRICS_TEXTFILE=str(prom))
@@ -129,9 +142,45 @@ def test_status_writes_the_wal_figures_to_the_metrics_textfile(tmp_path: Path) -
         "p88backup_newest_wal_age_seconds",
         "p88backup_newest_wal_timestamp_seconds",
         "p88backup_wal_archive_lag_bytes",
+        "p88backup_newest_backup_timestamp_seconds",
+        "p88backup_check_ok",
+        "p88backup_status_check_success",
+        "p88backup_healthy",
     }
-    age = families["p88backup_newest_wal_age_seconds"].samples[0].value
-    assert age != age  # NaN: nothing archived, no server asked
+    got = textfile(prom)
+    assert math.isnan(got[("p88backup_newest_wal_age_seconds", ())])  # nothing archived, no server asked
+    assert got[("p88backup_newest_wal_timestamp_seconds", ())] == 0.0  # none: time() - 0 is "too old"
+    for kind in ("dump", "basebackup", "drill"):
+        assert got[("p88backup_newest_backup_timestamp_seconds", (("kind", kind),))] == 0.0
+    assert got[("p88backup_status_check_success", ())] == 1.0 and got[("p88backup_healthy", ())] == 1.0
+    assert {labels[0][1] for name, labels in got if name == "p88backup_check_ok"} == set(CHECKS)
+
+
+def test_a_status_that_cannot_check_leaves_no_good_figures_behind(tmp_path: Path) -> None:
+    """Before: a status run that could not read the storage wrote nothing, so the textfile kept the
+    last good WAL age and lag for as long as the storage stayed away, and no series said so."""
+    prom = tmp_path / "p88backup.prom"
+    env, catalog = catalog_env(tmp_path, '[status]\nmax_dump_age = "26h"\n', P88_METRICS_TEXTFILE=str(prom))
+    when = NOW - timedelta(hours=2)
+    catalog.write(fake_dump_manifest(when.strftime("%Y%m%dT%H%M%SZ"), when))
+    catalog.storage.put("wal/00000001/000000010000000000000001.zst", io.BytesIO(b"x"))
+    assert status(env)[0] == 0
+    before = textfile(prom)
+    assert before[("p88backup_newest_wal_age_seconds", ())] < 60
+    assert before[("p88backup_newest_backup_timestamp_seconds", (("kind", "dump"),))] == when.timestamp()
+
+    (tmp_path / "store" / STORAGE_MARKER).unlink()  # the volume "unmounted": storage refuses
+    r = run_cli(["status"], env, timeout=60)
+    assert r.returncode == ExitCode.STORAGE, r.stderr
+    got = textfile(prom)
+    assert got[("p88backup_status_check_success", ())] == 0.0 and got[("p88backup_healthy", ())] == 0.0
+    assert math.isnan(got[("p88backup_newest_wal_age_seconds", ())])
+    assert math.isnan(got[("p88backup_wal_archive_lag_bytes", ())])
+    assert math.isnan(got[("p88backup_check_ok", (("check", "dump_age"),))])
+    # the times stay (still true; time() - t grows): the dump alert keeps working through the outage
+    assert got[("p88backup_newest_backup_timestamp_seconds", (("kind", "dump"),))] == when.timestamp()
+    wal_time = ("p88backup_newest_wal_timestamp_seconds", ())
+    assert got[wal_time] == before[wal_time] > 0
 
 
 def test_a_textfile_that_cannot_be_written_does_not_change_the_exit_status(tmp_path: Path) -> None:
