@@ -8,11 +8,14 @@ the keys it always had (``storage``, ``checked_at``, ``dumps``,
 
 :func:`limits` is the one place the ``[status]`` thresholds become
 :class:`~p88backup.core.health.Limits` (``status``, ``schedule``).
+:class:`RepeatedStatus` is :func:`collect` for a caller that checks again
+and again (``schedule``): the same report, with what has not changed
+since the last check taken from memory (:mod:`p88backup.core.statuscache`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from p88backup.catalog.models import BaseBackupManifest, DrillReport, DumpManifest
     from p88backup.core.wal.archive import WalArchive
     from p88backup.pg.conn import ConnInfo
+    from p88backup.storage.base import ObjectInfo, Storage
+    from p88backup.stream import Codec
 
 
 class Thresholds(Protocol):
@@ -113,10 +118,16 @@ def collect(
     limits: Limits,
     conninfo: ConnInfo | None,
     no_server_reason: str = "no database_url configured",
+    wal_listing: Iterable[tuple[str, ObjectInfo]] | None = None,
 ) -> StatusReport:
-    """Read the catalog and the WAL archive (and the server's position when ``conninfo`` is given), judge."""
+    """Read the catalog and the WAL archive (and the server's position when ``conninfo`` is given), judge.
+
+    ``wal_listing``: the archive's files as :meth:`WalArchive.objects` lists them, when the caller
+    has them already (:class:`RepeatedStatus`); by default the archive is listed.
+    """
     dumps, basebackups, drills = catalog.dumps(), catalog.basebackups(), catalog.drills()
-    wal = measure(archive, archive.objects(), now=now, conninfo=conninfo, no_server_reason=no_server_reason)
+    listing = archive.objects() if wal_listing is None else wal_listing
+    wal = measure(archive, listing, now=now, conninfo=conninfo, no_server_reason=no_server_reason)
     facts = Facts(newest_backup(dumps), newest_backup(basebackups), newest_drill(drills), wal)
     return StatusReport(
         catalog.storage.url,
@@ -125,3 +136,28 @@ def collect(
         facts,
         judge(facts, limits, now),
     )
+
+
+class RepeatedStatus:
+    """:func:`collect` again and again on one storage, each time reading only what may have changed.
+
+    Manifests, drill reports and history files are read once; the WAL archive is
+    listed whole once and then by its ends (:mod:`p88backup.core.statuscache`
+    says why that sees every new file). Not for concurrent use: one caller
+    (the health monitor's thread) at a time.
+    """
+
+    def __init__(self, storage: Storage, codec: Codec, *, full_every: float | None = None) -> None:
+        from p88backup.catalog.backups import Catalog
+        from p88backup.core.statuscache import FULL_EVERY, ImmutableReads, WalTail
+        from p88backup.core.wal.archive import WalArchive
+
+        self.storage = ImmutableReads(storage)
+        self.catalog = Catalog(self.storage)
+        self.archive = WalArchive(self.storage, codec)
+        self.wal = WalTail(self.storage, full_every=FULL_EVERY if full_every is None else full_every)
+
+    def __call__(self, *, now: datetime, limits: Limits, conninfo: ConnInfo | None) -> StatusReport:
+        return collect(
+            self.catalog, self.archive, now=now, limits=limits, conninfo=conninfo, wal_listing=self.wal.objects()
+        )

@@ -58,8 +58,9 @@ if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from p88backup.core.health import Limits
-    from p88backup.core.status import StatusReport
+    from p88backup.core.status import RepeatedStatus, StatusReport
     from p88backup.pg.conn import ConnInfo
+    from p88backup.schedule.catchup import CatchUp
     from p88backup.settings import Settings
     from p88backup.storage import Storage
     from p88backup.stream import Codec
@@ -106,7 +107,9 @@ def next_runs(schedules: dict[str, str], now: datetime) -> list[tuple[str, str, 
 class StatusCheck:
     """The ``status`` verdict, in-process, for /healthz and /metrics.
 
-    Every check records its findings in the metrics registry; a check that cannot be
+    Made again and again on one storage, so it reads only what may have changed
+    since the last check (:class:`~p88backup.core.status.RepeatedStatus`). Every
+    check records its findings in the metrics registry; a check that cannot be
     made records that (:func:`p88backup.metrics.status_check_failed`), so the
     figures of the last good check do not stay on /metrics as if they were current.
     """
@@ -118,12 +121,15 @@ class StatusCheck:
         codec: Callable[[], Codec],
         conninfo: Callable[[], ConnInfo],
         storage: Callable[[], Storage] | None = None,
+        full_every: float | None = None,
     ) -> None:
         self.settings = settings
         self._make_storage = storage or self._open_storage
         self._make_codec = codec
         self._conninfo = conninfo
+        self._full_every = full_every
         self._storage: Storage | None = None
+        self._status: RepeatedStatus | None = None
 
     def _open_storage(self) -> Storage:
         from p88backup.storage import open_storage
@@ -132,16 +138,14 @@ class StatusCheck:
         return open_storage(s.storage_url, retry_deadline=min(s.retry_deadline_seconds, STATUS_RETRY_DEADLINE))
 
     def _collect(self) -> StatusReport:
-        from p88backup.catalog.backups import Catalog
-        from p88backup.core.status import collect, limits
-        from p88backup.core.wal.archive import WalArchive
+        from p88backup.core.status import RepeatedStatus, limits
 
         s = self.settings
         if self._storage is None:
             self._storage = self._make_storage()
-        return collect(
-            Catalog(self._storage),
-            WalArchive(self._storage, self._make_codec()),
+        if self._status is None:
+            self._status = RepeatedStatus(self._storage, self._make_codec(), full_every=self._full_every)
+        return self._status(
             now=datetime.now(UTC),
             limits=limits(s.status),
             conninfo=self._conninfo() if s.database_url else None,
@@ -204,8 +208,10 @@ class Daemon:
         check_status: Callable[[], StatusResult],
         *,
         children: Children | None = None,
+        catch_up: CatchUp | None = None,
     ) -> None:
         self.config = config
+        self.catch_up = catch_up
         self.children = children or Children()
         self.health = HealthMonitor(check_status, spool=config.wal_stream_spool, interval=config.health_interval)
         self.runner = JobRunner(self.children, config.base_argv, on_finished=lambda _key: self.health.poke())
@@ -228,7 +234,10 @@ class Daemon:
             self.health.start()
             if self.supervisor is not None:
                 self.supervisor.start()
+            started = datetime.now(UTC)  # APScheduler's first runs come after this; what was due before is lost
             self._scheduler = self._start_scheduler(jobs)
+            if self.catch_up is not None:
+                self.catch_up.start(self._scheduler, jobs, started)  # unless the catalog says it was not made
             # Signal handlers run in the main thread between waits: wake up now and then.
             while not stop.wait(1.0):
                 pass

@@ -566,6 +566,27 @@ def test_a_status_check_that_cannot_be_made_leaves_no_good_figures_on_metrics() 
     assert sample("p88backup_newest_wal_timestamp_seconds") == newest_wal  # a time stays true
 
 
+def test_a_repeated_status_check_reads_what_changed_only() -> None:
+    """Before: every check (each minute) read every manifest again and listed the whole WAL archive."""
+    storage = a_catalog(uuid.uuid4().hex, dumps=5)
+    check = status_check(storage)
+    check()
+    assert sum(k.endswith("manifest.json") for k in storage.opened) == 5
+    assert "wal/" in storage.listed
+    storage.opened.clear()
+    storage.listed.clear()
+    check()
+    assert storage.opened == []  # manifests never change: read once
+    assert "wal/" not in storage.listed and all(p.startswith("wal/0000000") for p in storage.listed if "wal" in p)
+    catalog = Catalog(storage)
+    when = datetime.now(UTC).replace(microsecond=0)
+    catalog.write(fake_dump_manifest(when.strftime("%Y%m%dT%H%M%SZ"), when))
+    storage.opened.clear()
+    check()
+    assert storage.opened == [f"dumps/{when.strftime('%Y%m%dT%H%M%SZ')}/manifest.json"]
+    assert sample("p88backup_newest_backup_timestamp_seconds", kind="dump") == when.timestamp()
+
+
 @pytest.mark.timeout(60)
 def test_the_daemon_exports_its_verdict_and_every_job_s_counter_and_warns_about_unchecked_ages(
     fake: Any, records: Records
