@@ -32,7 +32,9 @@ def schedule_cmd(app: App, no_wal_stream: bool, list_only: bool) -> None:
     drill, reindex. One run of a job at a time: a run due while the previous one still goes is
     skipped and logged as an overrun. Each run is the p88backup command itself, in a child
     process: the same exit codes, locks and log lines as from cron, plus one log line at its
-    start and one at its end (duration, result).
+    start and one at its end (duration, result). A dump or base backup that was due up to 15
+    minutes before the daemon started, and that the catalog shows was not made (a restart
+    across its time), runs at once ("job catch-up").
 
     wal-stream runs all along, restarted with backoff whenever it exits; neither PostgreSQL
     nor storage being down stops the daemon.
@@ -65,7 +67,8 @@ def schedule_cmd(app: App, no_wal_stream: bool, list_only: bool) -> None:
     from p88backup.core.status import limits
     from p88backup.core.wal.streamhealth import default_spool
     from p88backup.locks import job_lock
-    from p88backup.schedule.scheduler import Daemon, StatusCheck
+    from p88backup.schedule.catchup import CatchUp, newest_in_catalog
+    from p88backup.schedule.scheduler import MISFIRE_GRACE, Daemon, StatusCheck
 
     config = DaemonConfig(
         schedules=schedules,
@@ -79,7 +82,11 @@ def schedule_cmd(app: App, no_wal_stream: bool, list_only: bool) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     with job_lock(s.lock_dir, "schedule"):
-        daemon = Daemon(config, StatusCheck(s, codec=lambda: app.codec, conninfo=lambda: app.conninfo))
+        daemon = Daemon(
+            config,
+            StatusCheck(s, codec=lambda: app.codec, conninfo=lambda: app.conninfo),
+            catch_up=CatchUp(newest_in_catalog(lambda: app.storage), grace=MISFIRE_GRACE),
+        )
         daemon.run(stop)
     # The registry served /metrics. Each job wrote its own run to metrics_textfile (when set), as
     # from cron: nothing is left for the CLI to write at exit (it would count those runs twice).
