@@ -6,8 +6,10 @@ pure and stdlib-only: the settings readers check values with it),
 :mod:`~p88backup.schedule.children` (the child processes and how they are
 stopped), :mod:`~p88backup.schedule.supervisor` (``wal-stream``, restarted with
 backoff), :mod:`~p88backup.schedule.health` (the ``/healthz`` verdict),
-:mod:`~p88backup.schedule.httpd` (``/healthz`` and ``/metrics``) and
-:mod:`~p88backup.schedule.scheduler` (the daemon that wires them together).
+:mod:`~p88backup.schedule.httpd` (``/healthz`` and ``/metrics``),
+:mod:`~p88backup.schedule.catchup` (a dump or base backup missed across a
+restart, run at start) and :mod:`~p88backup.schedule.scheduler` (the daemon
+that wires them together).
 
 Nothing is imported here: ``rawconfig`` imports :mod:`~p88backup.schedule.cron`
 on the archive fast path when a schedule is configured.
