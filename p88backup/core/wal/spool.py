@@ -128,11 +128,27 @@ def plan_spool(
     def on_history(f: walnames.WalFile) -> bool:
         if f.timeline == timeline:
             return True
-        return f.timeline in switch and resume_lsn(f, segment_size) <= switch[f.timeline]
+        if f.timeline not in switch:
+            return False
+        # A .partial that starts exactly at the switch point holds nothing of this history.
+        if f.kind == "partial":
+            return resume_lsn(f, segment_size) < switch[f.timeline]
+        return resume_lsn(f, segment_size) <= switch[f.timeline]
 
     kept = [f for f in files if on_history(f)]
     off = [f for f in files if not on_history(f)]
     newest = newest_file(kept)
+    # Resuming a parent timeline exactly at its switch point (a restore that ended on a segment
+    # boundary, e.g. after a WAL switch) fails: the server has nothing to stream there and answers
+    # START_REPLICATION with the next timeline instead of streaming, which pg_receivewal takes for
+    # an error, for ever. Start on the child timeline at that point instead.
+    at_switch: int | None = None
+    if (
+        newest is not None
+        and newest.timeline != timeline
+        and resume_lsn(newest, segment_size) == switch.get(newest.timeline)
+    ):
+        at_switch = resume_lsn(newest, segment_size)
 
     fork: int | None = None
     if off:
@@ -145,7 +161,9 @@ def plan_spool(
     # anything, so only an empty spool needs telling where to start.
     seed: str | None = None
     start: int | None = None
-    if newest is None:
+    if at_switch is not None:
+        start = at_switch
+    elif newest is None:
         start = need if need is not None else slot_lsn if slot_lsn is not None else server_lsn
     if start is None:
         assert newest is not None
