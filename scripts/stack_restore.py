@@ -3,13 +3,24 @@
 ``scripts/stack-restore`` runs it on the Docker host, in ``compose/``. Two restores:
 
 ``--pitr TARGET`` (a time, ``latest``, ``name:LABEL``, ...): the database goes back to TARGET
-in the volume the stack always uses. In order: stop the app and the sidecar, stop the
-database (clean shutdown), keep the old data directory (renamed beside the new one, inside
-the same volume), ``restore --pitr TARGET --start --stop`` into the database's own PGDATA (as
-the db image's uid 999, without starting anything else), start the database, start the
-sidecar (it follows the new timeline by itself: spool files of the old branch go to its
-``abandoned/`` folder, its slot is created again), take a base backup (which also proves WAL
-reaches the archive), ``wal-verify``, ``reindex``, start the app, ``status``.
+in the volume the stack always uses. In order: stop the app; make the restore point
+``before-stack-restore-<stamp>`` (it switches WAL) and wait, bounded, until the archive holds
+that segment; stop the sidecar; stop the database (clean shutdown); keep the old data
+directory (renamed beside the new one, inside the same volume); ``restore --pitr TARGET
+--start --stop`` into the database's own PGDATA (as the db image's uid 999, without starting
+anything else); start the database; start the sidecar (it follows the new timeline by itself:
+spool files of the old branch go to its ``abandoned/`` folder, its slot is created again);
+take a base backup (which also proves WAL reaches the archive); ``wal-verify``; ``reindex``;
+start the app; ``status``.
+
+Why the restore point and the wait: wal-stream stores only completed segments. The segment
+the database is writing stays in the sidecar's spool as a ``.partial`` (for up to
+``archive_timeout``, 60 s in the stack) and a stopped sidecar does not store it, so without
+the switch ``--pitr latest`` would lose the commits made since the last segment switch. After
+it, every commit of the stopped app is archived, and ``name:before-stack-restore-<stamp>``
+is the exact point to come back to (with ``--timeline`` of the old branch). A database that
+cannot be reached (its volume is gone: the runbook's §3) is warned about, and the restore goes
+on with what is archived.
 
 ``--dump ID|latest``: a logical restore of one database, swapped in by name. Stop the app and
 the sidecar, ``restore --dump`` into a new database as the database superuser (the ``backup``
@@ -41,6 +52,7 @@ import posixpath
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,9 +62,12 @@ APP = ("web", "worker")
 SIDECAR = "backup"
 DB = "db"
 BASEBACKUP_WAL_TIMEOUT = 600
+POLL_SECONDS = 2.0  # between two looks at the archive while waiting for the last WAL
 # Exit statuses of p88backup (its ExitCode, a contract) that do not stop the sequence.
 CONFIG = 3  # reindex: no OpenSearch or no [[reindex]] definition in this stack
+DATABASE = 13  # restore-point: the database is not running (its volume is gone): nothing more to archive
 STATUS_UNHEALTHY = 18  # status: a threshold exceeded (e.g. no drill yet): shown, not fatal
+ARCHIVING = 17  # what p88backup exits with when WAL does not reach the archive; used here for the same
 
 # Keeps the old data directory: a rename inside the volume (no copy, no extra space), then an
 # empty PGDATA owned by the database's user. Run by the db image as root in the stack, and by
@@ -94,18 +109,40 @@ class Step:
     action: str
     args: tuple[str, ...] = ()
     tolerate: frozenset[int] = frozenset()  # p88backup exit statuses that only warn
+    warning: str = "see the message above"  # what a tolerated exit means
 
 
 def stamp(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
 
 
+def restore_point_name(when: str) -> str:
+    """The restore point made just before a restore (``when``: :func:`stamp`)."""
+    return f"before-stack-restore-{when}"
+
+
 def pitr_steps(
-    target: str, pgdata: str, aside: str, wal_timeout: int = BASEBACKUP_WAL_TIMEOUT, timeline: int | None = None
+    target: str,
+    pgdata: str,
+    aside: str,
+    wal_timeout: int = BASEBACKUP_WAL_TIMEOUT,
+    timeline: int | None = None,
+    point: str | None = None,
 ) -> list[Step]:
     follow = ("--timeline", str(timeline)) if timeline is not None else ()
+    point = point or restore_point_name(stamp())
     return [
-        Step("stop the app and the sidecar (it stores the WAL it has before it exits)", "stop", (*APP, SIDECAR)),
+        Step("stop the app", "stop", APP),
+        Step(
+            f"restore point {point} (switches WAL), then wait until the sidecar has archived that segment:"
+            " wal-stream stores only completed segments, so the last commits reach the archive only this way",
+            "archive_last_wal",
+            (point, str(wal_timeout)),
+            frozenset({DATABASE}),
+            "the database did not take the restore point: what it wrote after its newest archived segment is not"
+            " in the archive and will not be in the restored database; the restore goes on with what is archived",
+        ),
+        Step("stop the sidecar", "stop", (SIDECAR,)),
         Step("stop the database (fast shutdown, with its checkpoint)", "stop", (DB,)),
         Step(
             f"keep the old data directory: {pgdata} -> {aside} (a rename in the same volume)",
@@ -181,6 +218,7 @@ class Runner(Protocol):
     def start(self, *services: str) -> None: ...
     def set_aside(self, pgdata: str, aside: str) -> None: ...
     def restore_in_volume(self, *argv: str) -> int: ...
+    def archive_last_wal(self, point: str, timeout: str) -> int: ...
     def p88backup(self, *argv: str) -> int: ...
     def p88backup_superuser(self, *argv: str) -> int: ...
     def swap(self, database: str, restored: str, aside: str) -> None: ...
@@ -190,16 +228,95 @@ def run(steps: Sequence[Step], runner: Runner, say: Callable[[str], None] = prin
     """Carry out ``steps`` in order, printing each; stop at the first that fails."""
     for n, step in enumerate(steps, 1):
         say(f"[{n}/{len(steps)}] {step.what}")
-        result = getattr(runner, step.action)(*step.args)
+        try:
+            result = getattr(runner, step.action)(*step.args)
+        except StackRestoreError as exc:
+            raise StackRestoreError(f"step {n} failed: {step.what}\n{exc}\n{_left(steps, n)}") from None
         if isinstance(result, int) and result != 0:
             if result in step.tolerate:
-                say(f"      warning: exit {result}, continuing (see the message above)")
+                say(f"      warning: exit {result}, continuing ({step.warning})")
                 continue
-            left = "\n".join(f"  [{i}] {s.what}" for i, s in enumerate(steps[n:], n + 1))
-            raise StackRestoreError(
-                f"step {n} failed with exit {result}: {step.what}\n"
-                f"nothing was deleted; fix the cause, then run the remaining steps by hand:\n{left}"
+            raise StackRestoreError(f"step {n} failed with exit {result}: {step.what}\n{_left(steps, n)}")
+
+
+def _left(steps: Sequence[Step], done: int) -> str:
+    left = "\n".join(f"  [{i}] {s.what}" for i, s in enumerate(steps[done:], done + 1))
+    return f"nothing was deleted; fix the cause, then run the remaining steps by hand:\n{left}"
+
+
+# -- waiting for the last WAL ---------------------------------------------------------------------
+
+
+def parse_lsn(text: str) -> int:
+    """PostgreSQL's ``X/Y`` notation as a number."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def point_archived(point: dict[str, Any], wal: dict[str, Any]) -> bool:
+    """Whether the archive holds the segment of restore point ``point`` (``restore-point --json``),
+    judged from the ``wal`` section of ``status --json``.
+
+    With the server's position known, ``archived_lsn`` is the end of the newest archived segment
+    on the server's own timeline history: the point is archived once that reaches its LSN. Without
+    it (the server did not answer this time) the newest segment's name decides, on the point's
+    timeline only.
+    """
+    if wal.get("archived_lsn") is not None and wal.get("server_timeline") == point["timeline"]:
+        return parse_lsn(str(wal["archived_lsn"])) >= parse_lsn(str(point["lsn"]))
+    newest = str(wal.get("newest_segment") or "")
+    segment = str(point["segment"])
+    return newest[:8] == segment[:8] and newest >= segment
+
+
+def _json(out: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(out)
+    except ValueError:
+        raise StackRestoreError(f"{what} printed no JSON: {out.strip()[:200]!r}") from None
+    if not isinstance(data, dict):
+        raise StackRestoreError(f"{what} printed no JSON object: {out.strip()[:200]!r}")
+    return data
+
+
+Capture = Callable[..., tuple[int, str]]  # p88backup ARGV... -> (exit status, stdout)
+
+
+def archive_last_wal(
+    p88backup: Capture,
+    point: str,
+    timeout: float,
+    *,
+    say: Callable[[str], None] = print,
+    poll: float = POLL_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Make restore point ``point`` (which switches WAL), then wait until the archive holds its
+    segment, at most ``timeout`` seconds. Returns an exit status: 0 once archived, the failed
+    command's own, or 17 (WAL not reaching the archive) when the wait ran out."""
+    rc, out = p88backup("restore-point", "--json", point)
+    if rc != 0:
+        return rc
+    record = _json(out, "restore-point --json")
+    say(f"      restore point {point} at {record['lsn']}, WAL segment {record['segment']}; waiting for the archive")
+    deadline = clock() + timeout
+    while True:
+        rc, out = p88backup("status", "--json")
+        if rc not in (0, STATUS_UNHEALTHY):
+            return rc  # the archive cannot be read: status said why
+        wal = _json(out, "status --json").get("wal") or {}
+        if point_archived(record, wal):
+            say(f"      archived: newest segment {wal.get('newest_segment')}")
+            return 0
+        if clock() >= deadline:
+            say(
+                f"      {record['segment']} did not reach the archive within {timeout:g} s (newest archived:"
+                f" {wal.get('newest_segment')}). Is the sidecar running and the storage reachable? docker compose"
+                " logs backup; p88backup status --component wal-stream"
             )
+            return ARCHIVING
+        sleep(poll)
 
 
 # -- the stack ------------------------------------------------------------------------------------
@@ -319,6 +436,25 @@ class ComposeRunner:
         mount = f"{self.stack.volume_key}:{posixpath.dirname(self.stack.pgdata)}"
         return self._call([*self._run_backup("-v", mount), *argv])
 
+    def archive_last_wal(self, point: str, timeout: str) -> int:
+        if self.dry_run:
+            self.say("      $ " + shlex.join([*self._run_backup(), "restore-point", "--json", point]))
+            self.say("      $ " + shlex.join([*self._run_backup(), "status", "--json"]))
+            self.say(f"        (every {POLL_SECONDS:g} s until the archive holds that segment, {timeout} s at most)")
+            return 0
+        return archive_last_wal(self._capture, point, float(timeout), say=self.say)
+
+    def _capture(self, *argv: str) -> tuple[int, str]:
+        """A p88backup command's exit status and stdout; its stderr is shown when it fails."""
+        cmd = [*self._run_backup(), *argv]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+        except subprocess.TimeoutExpired:
+            raise StackRestoreError(f"no answer within 300 s: {shlex.join(cmd)}") from None
+        if r.returncode not in (0, STATUS_UNHEALTHY):
+            self.say(f"      $ {shlex.join(cmd)} -> exit {r.returncode}\n{r.stderr.strip()}")
+        return r.returncode, r.stdout
+
     def p88backup(self, *argv: str) -> int:
         return self._call([*self._run_backup(), *argv])
 
@@ -386,7 +522,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         type=int,
         default=BASEBACKUP_WAL_TIMEOUT,
         metavar="SECONDS",
-        help="how long the new base backup waits for WAL to reach the archive",
+        help="how long each wait for WAL to reach the archive may last: the last WAL before a --pitr restore, and"
+        " the new base backup's",
     )
     p.add_argument("--compose", default="docker compose", help="the compose command (default: docker compose)")
     p.add_argument("--dry-run", action="store_true", help="print the steps and their commands, run nothing")
@@ -410,10 +547,12 @@ def main(argv: Sequence[str] | None = None, confirm: Callable[[str], str] = inpu
         when = stamp()
         if args.pitr is not None:
             aside = f"{stack.pgdata}.before-{when}"
-            steps = pitr_steps(args.pitr, stack.pgdata, aside, args.wal_timeout, args.timeline)
+            point = restore_point_name(when)
+            steps = pitr_steps(args.pitr, stack.pgdata, aside, args.wal_timeout, args.timeline, point)
             print(
                 f"point-in-time restore to {args.pitr} into {stack.pgdata} (volume {stack.volume_name});"
-                f" the old data directory is kept as {aside}"
+                f" the old data directory is kept as {aside}, the moment before the restore as restore point"
+                f" {point}"
             )
         else:
             restored, aside = f"{stack.database}_restored_{when.lower()}", f"{stack.database}_before_{when.lower()}"

@@ -4,9 +4,13 @@ service), a real ``p88backup wal-stream`` process with its spool (the sidecar), 
 by a runner that does for each step what the compose runner has Docker do: the same p88backup
 command lines, the same shell that keeps the old data directory, the same swap SQL.
 
-PITR: the restore goes into the *same* data directory path the database uses (the old one kept
-beside it), the database starts there on a new timeline, the sidecar, restarted with the same
-spool, archives that timeline by itself, the new base backup is on it and wal-verify passes.
+PITR: before anything stops but the app, the sequence makes a restore point and waits until the
+sidecar has archived its segment, so the commits made since the last segment switch (which
+wal-stream holds only as a ``.partial``) are in the archive: ``--pitr latest`` of a running
+database keeps its last commit. The restore goes into the *same* data directory path the
+database uses (the old one kept beside it), the database starts there on a new timeline, the
+sidecar, restarted with the same spool, archives that timeline by itself, the new base backup is
+on it and wal-verify passes.
 Reindex has no OpenSearch here: the step is allowed to report "not configured" (exit 3), which
 is what the stack's sidecar says today too (no [[reindex]] definitions in compose/).
 
@@ -19,6 +23,7 @@ engine needed for ``config``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -98,6 +103,30 @@ class LocalRunner:
             argv = (*argv, "--no-verify")
         return self._cli(argv, self.arch.env)
 
+    def archive_last_wal(self, point: str, timeout: str) -> int:
+        rc = sr.archive_last_wal(self._capture, point, float(timeout), poll=0.5)
+        if rc == 0:
+            self._wal_after_the_switch()
+        return rc
+
+    def _wal_after_the_switch(self) -> None:
+        """What a production server does within seconds of the switch, before the sidecar stops: write
+        a little WAL (bgwriter's running-xacts record, a checkpoint) that the sidecar receives into
+        the next segment's .partial, which then starts exactly where ``latest`` will end."""
+        pg = self.arch.pg
+        pg.sql("CHECKPOINT")
+        partial = self.spool / f"{pg.scalar('SELECT pg_walfile_name(pg_current_wal_lsn())')}.partial"
+        deadline = time.monotonic() + 60
+        while not partial.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert partial.exists(), sorted(p.name for p in self.spool.iterdir())
+
+    def _capture(self, *argv: str) -> tuple[int, str]:
+        r = run_cli(list(argv), self.arch.env, timeout=120)
+        if r.returncode not in (0, sr.STATUS_UNHEALTHY):
+            print(f"p88backup {' '.join(argv)} -> {r.returncode}\n{r.stderr[-2000:]}")
+        return r.returncode, r.stdout
+
     def p88backup(self, *argv: str) -> int:
         return self._cli(argv, self.arch.env)
 
@@ -151,6 +180,21 @@ def switch_and_wait(runner: LocalRunner) -> str:
     raise AssertionError(f"{seg} never reached the archive\n{runner.log.read_text()[-3000:]}")
 
 
+def commit_after_the_last_switch(runner: LocalRunner, note: str) -> Path:
+    """Commit 100 rows into orders and wait until the sidecar's spool holds them in the .partial of
+    the segment being written (nothing is archived yet: the premise of a restore losing them)."""
+    pg = runner.arch.pg
+    pg.sql("INSERT INTO orders (note) SELECT %s FROM generate_series(1, 100)", "p88", params=(note,))
+    seg = pg.scalar("SELECT pg_walfile_name(pg_current_wal_lsn())")  # where the commit record ends
+    partial = runner.spool / f"{seg}.partial"
+    deadline = time.monotonic() + 60
+    while not partial.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert partial.exists(), sorted(p.name for p in runner.spool.iterdir())
+    assert newest_segment(runner.arch.env) < seg, "already archived: the premise does not hold"
+    return partial
+
+
 @pytest.mark.matrix
 @pytest.mark.timeout(600)
 def test_pitr_into_the_same_directory_and_the_sidecar_archives_the_new_timeline(stack: LocalRunner) -> None:
@@ -166,20 +210,17 @@ def test_pitr_into_the_same_directory_and_the_sidecar_archives_the_new_timeline(
     at_target = table_checksums(pg, "p88")
     time.sleep(1.2)
     pg.sql("DELETE FROM orders WHERE id % 3 = 0", "p88")  # the incident
-    seg = switch_and_wait(stack)
-    archived_on_timeline_1 = table_checksums(pg, "p88")
-    # the premise of issue 13: the spool holds a .partial of the old timeline past the fork point
-    pg.sql("INSERT INTO orders (note) SELECT 'after the last switch' FROM generate_series(1, 100)", "p88")
-    partial = stack.spool / f"{seg[:16]}{int(seg[16:], 16) + 1:08X}.partial"
-    deadline = time.monotonic() + 60
-    while not partial.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert partial.exists(), sorted(p.name for p in stack.spool.iterdir())
+    switch_and_wait(stack)
+    # production goes on after the last segment switch: these commits are only in the segment the
+    # server is writing, which the sidecar holds as a .partial and never stores by itself
+    partial = commit_after_the_last_switch(stack, "after the last switch")
+    last_on_timeline_1 = table_checksums(pg, "p88")
 
     pgdata = str(pg.datadir)
     aside = f"{pgdata}.before-{sr.stamp()}"
+    point = sr.restore_point_name(sr.stamp())
     said: list[str] = []
-    sr.run(sr.pitr_steps(target.isoformat(), pgdata, aside, wal_timeout=120), stack, said.append)
+    sr.run(sr.pitr_steps(target.isoformat(), pgdata, aside, wal_timeout=120, point=point), stack, said.append)
     print("\n".join(said))
 
     # the database runs in its own directory, restored, on a new timeline; the old one is kept
@@ -187,10 +228,14 @@ def test_pitr_into_the_same_directory_and_the_sidecar_archives_the_new_timeline(
     assert pg.scalar("SELECT timeline_id FROM pg_control_checkpoint()") == 2
     assert (Path(aside) / "PG_VERSION").exists() and (Path(aside) / "base").is_dir()
     assert not (pg.datadir / "recovery.signal").exists()
-    # the sidecar followed the promotion by itself: the old branch's spool files set aside, the
-    # new timeline's history archived first, its segments after it
-    assert (stack.spool / "abandoned" / partial.name).exists(), "the old timeline's partial was not set aside"
+    # before the sidecar stopped, the segment those last commits were in was completed and stored,
+    # with the restore point that marks the moment before the restore
     store = stack.arch.tmp / "store"
+    assert (store / "wal" / "00000001" / f"{partial.name.removesuffix('.partial')}.zst").exists()
+    assert not (stack.spool / partial.name).exists() and not (stack.spool / "abandoned" / partial.name).exists()
+    assert json.loads((store / "restorepoints" / f"{point}.json").read_text())["timeline"] == 1
+    # the sidecar followed the promotion by itself: the new timeline's history archived first, its
+    # segments after it
     assert (store / "wal" / "00000002" / "00000002.history.zst").exists()
     backups = json_out(run_cli(["list", "--kind", "basebackup", "--json"], env))
     assert [b["timeline"] for b in backups] == [1, 2] and backups[0]["id"] == before["id"]
@@ -207,14 +252,26 @@ def test_pitr_into_the_same_directory_and_the_sidecar_archives_the_new_timeline(
     assert stack.streamer is not None and stack.streamer.poll() is None
 
     # The restore was the wrong call: back to the newest archived point of timeline 1, the runbook's
-    # way (a second restore, --timeline 1), from a stack that is itself a restored one. What only
-    # the old spool's .partial held (the last insert) was never archived: that is the RPO.
+    # way (a second restore, --timeline 1), from a stack that is itself a restored one. Timeline 1
+    # is there up to its last commit before the first restore stopped it (before the archive step:
+    # without the 100 rows made after the last switch, which only the old spool's .partial held).
     aside2 = f"{pgdata}.before-{sr.stamp()}-2"
-    sr.run(sr.pitr_steps("latest", pgdata, aside2, wal_timeout=120, timeline=1), stack, print)
-    assert table_checksums(pg, "p88") == archived_on_timeline_1
+    sr.run(sr.pitr_steps("latest", pgdata, aside2, wal_timeout=120, timeline=1, point=point + "-2"), stack, print)
+    assert table_checksums(pg, "p88") == last_on_timeline_1
     assert pg.scalar("SELECT timeline_id FROM pg_control_checkpoint()") == 3
     assert json_out(run_cli(["wal-verify", "--json"], env))["newest_timeline"] == 3
     assert [b["timeline"] for b in json_out(run_cli(["list", "--kind", "basebackup", "--json"], env))] == [1, 2, 3]
+
+    # --pitr latest of the running database (the third generation): its last commit, made after the
+    # last segment switch, is in the restored cluster
+    commit_after_the_last_switch(stack, "the last commit before the restore")
+    last = table_checksums(pg, "p88")
+    aside3 = f"{pgdata}.before-{sr.stamp()}-3"
+    sr.run(sr.pitr_steps("latest", pgdata, aside3, wal_timeout=120, point=point + "-3"), stack, print)
+    assert table_checksums(pg, "p88") == last
+    assert pg.scalar("SELECT timeline_id FROM pg_control_checkpoint()") == 4
+    note = "SELECT count(*) FROM orders WHERE note = 'the last commit before the restore'"
+    assert pg.scalar(note, "p88") == 100
 
 
 def _run_initdb_script(pg: PgCluster) -> None:
@@ -303,7 +360,9 @@ def test_dry_run_on_the_prod_model_of_compose(compose_cli: Path, prod_project: P
     out = r.stdout
     assert "into /var/lib/postgresql/data/pgdata (volume p88_db_data)" in out
     commands = [ln.strip()[2:] for ln in out.splitlines() if ln.strip().startswith("$ ")]
-    assert commands[0].endswith(" stop web worker backup")
+    assert commands[0].endswith(" stop web worker")
+    assert " backup restore-point --json before-stack-restore-" in commands[1]
+    assert commands[2].endswith(" backup status --json") and commands[3].endswith(" stop backup")
     runs = [c for c in commands if " run " in c]
     assert runs and all("--no-deps" in c for c in runs)
     for c in commands:

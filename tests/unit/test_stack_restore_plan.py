@@ -5,6 +5,7 @@ directory, and a sequence that stops at the first failed step."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -86,9 +87,14 @@ def _actions(steps: list[Any]) -> list[tuple[str, tuple[str, ...]]]:
 
 
 def test_pitr_steps_are_in_the_supported_order() -> None:
-    steps = sr.pitr_steps("latest", PGDATA, PGDATA + ".before-X")
+    """The app stops first; then the last WAL is archived while the sidecar still runs (it never
+    stores the segment being written); only then the sidecar stops. Before: app and sidecar were
+    stopped together, and the commits since the last segment switch never reached the archive."""
+    steps = sr.pitr_steps("latest", PGDATA, PGDATA + ".before-X", point="before-stack-restore-X")
     assert _actions(steps) == [
         ("stop", ("web", "worker")),
+        ("archive_last_wal", ("before-stack-restore-X", "600")),
+        ("stop", ("backup",)),
         ("stop", ("db",)),
         ("set_aside", (PGDATA, PGDATA + ".before-X")),
         ("restore_in_volume", ("restore", "--pitr")),
@@ -100,8 +106,11 @@ def test_pitr_steps_are_in_the_supported_order() -> None:
         ("start", ("web", "worker")),
         ("p88backup", ("status",)),
     ]
-    assert steps[0].args == ("web", "worker", "backup")
-    assert steps[3].args == ("restore", "--pitr", "latest", "--target-dir", PGDATA, "--start", "--stop")
+    assert steps[0].args == ("web", "worker")
+    assert steps[1].tolerate == {13}  # the database is gone (§3): warned, the restore goes on
+    assert steps[5].args == ("restore", "--pitr", "latest", "--target-dir", PGDATA, "--start", "--stop")
+    default = sr.pitr_steps("latest", PGDATA, "x")[1].args[0]
+    assert default.startswith("before-stack-restore-") and cli_parse_error(["restore-point", default]) is None
 
 
 def test_a_timeline_is_passed_to_the_restore() -> None:
@@ -156,7 +165,7 @@ class Recorder:
     def __getattr__(self, action: str) -> Any:
         def call(*args: str) -> int:
             self.calls.append((action, args))
-            return self.codes.get(args[0], 0) if action.startswith(("p88backup", "restore")) else 0
+            return self.codes.get(args[0], 0) if action.startswith(("p88backup", "restore", "archive")) else 0
 
         return call
 
@@ -166,20 +175,123 @@ def test_a_failed_step_stops_the_sequence_and_names_what_is_left() -> None:
     said: list[str] = []
     with pytest.raises(sr.StackRestoreError) as err:
         sr.run(sr.pitr_steps("latest", PGDATA, "x"), runner, said.append)
-    assert len(runner.calls) == 7 and runner.calls[-1][1][0] == "basebackup"
+    assert len(runner.calls) == 9 and runner.calls[-1][1][0] == "basebackup"
     assert "exit 17" in str(err.value) and "nothing was deleted" in str(err.value)
-    assert "[8] check the WAL archive" in str(err.value)
-    assert said[0].startswith("[1/11] stop the app")
+    assert "[10] check the WAL archive" in str(err.value)
+    assert said[0].startswith("[1/13] stop the app")
 
 
 def test_reindex_without_configuration_and_an_unhealthy_status_only_warn() -> None:
     runner = Recorder({"reindex": 3, "status": 18})
     said: list[str] = []
     sr.run(sr.pitr_steps("latest", PGDATA, "x"), runner, said.append)
-    assert len(runner.calls) == 11
+    assert len(runner.calls) == 13
     assert sum("warning: exit" in line for line in said) == 2
     with pytest.raises(sr.StackRestoreError):
         sr.run(sr.pitr_steps("latest", PGDATA, "x"), Recorder({"reindex": 14}), said.append)
+
+
+def test_the_last_wal_not_archived_in_time_stops_before_the_sidecar_and_the_database() -> None:
+    runner = Recorder({"before-stack-restore-X": 17})
+    with pytest.raises(sr.StackRestoreError) as err:
+        sr.run(sr.pitr_steps("latest", PGDATA, "x", point="before-stack-restore-X"), runner, [].append)
+    assert [a for a, _ in runner.calls] == ["stop", "archive_last_wal"]  # nothing but the app stopped
+    assert "step 2 failed with exit 17" in str(err.value) and "[3] stop the sidecar" in str(err.value)
+
+
+def test_a_database_that_is_gone_only_warns_and_the_restore_goes_on() -> None:
+    runner = Recorder({"before-stack-restore-X": 13})
+    said: list[str] = []
+    sr.run(sr.pitr_steps("latest", PGDATA, "x", point="before-stack-restore-X"), runner, said.append)
+    assert len(runner.calls) == 13
+    assert any("warning: exit 13" in line and "not in the archive" in line for line in said)
+
+
+# -- waiting for the last WAL ------------------------------------------------------------------
+
+POINT = {"name": "p", "lsn": "0/5000060", "segment": "000000010000000000000005", "timeline": 1}
+
+
+@pytest.mark.parametrize(
+    ("wal", "archived"),
+    [
+        # the server answered: the end of the newest archived segment on its history decides
+        ({"archived_lsn": "0/5000000", "server_timeline": 1, "newest_segment": "000000010000000000000004"}, False),
+        ({"archived_lsn": "0/6000000", "server_timeline": 1, "newest_segment": "000000010000000000000005"}, True),
+        ({"archived_lsn": "1/0", "server_timeline": 1, "newest_segment": "000000010000000100000000"}, True),
+        # an abandoned timeline further ahead is not this server's: archived_lsn ignores it
+        ({"archived_lsn": "0/5000000", "server_timeline": 1, "newest_segment": "000000020000000000000009"}, False),
+        # the server did not answer: the newest segment's name, on the point's timeline only
+        ({"archived_lsn": None, "server_timeline": None, "newest_segment": "000000010000000000000005"}, True),
+        ({"archived_lsn": None, "server_timeline": None, "newest_segment": "000000010000000000000004"}, False),
+        ({"archived_lsn": None, "server_timeline": None, "newest_segment": "000000020000000000000009"}, False),
+        ({"archived_lsn": None, "server_timeline": None, "newest_segment": None}, False),
+    ],
+)
+def test_point_archived_table(wal: dict[str, Any], archived: bool) -> None:
+    assert sr.point_archived(POINT, wal) is archived
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("0/0", 0), ("0/5000060", 0x5000060), ("1/0", 1 << 32), ("A/FF", (10 << 32) | 255)]
+)
+def test_parse_lsn_table(text: str, value: int) -> None:
+    assert sr.parse_lsn(text) == value
+
+
+class FakeP88:
+    """p88backup as archive_last_wal sees it: restore-point, then status answers in turn; a clock
+    that advances only when the wait sleeps."""
+
+    def __init__(self, point_rc: int = 0, statuses: list[tuple[int, str | None]] | None = None) -> None:
+        self.point_rc, self.statuses = point_rc, list(statuses or [])
+        self.calls: list[tuple[str, ...]] = []
+        self.now = 0.0
+
+    def __call__(self, *argv: str) -> tuple[int, str]:
+        self.calls.append(argv)
+        if argv[0] == "restore-point":
+            return self.point_rc, json.dumps(POINT) if self.point_rc == 0 else ""
+        rc, newest = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        wal = {"archived_lsn": None, "server_timeline": None, "newest_segment": newest}
+        return rc, json.dumps({"wal": wal, "healthy": rc == 0})
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def wait(self, timeout: float = 10) -> int:
+        return sr.archive_last_wal(
+            self, "p", timeout, say=lambda _: None, poll=2, clock=lambda: self.now, sleep=self.sleep
+        )
+
+
+def test_the_wait_ends_once_the_restore_points_segment_is_archived() -> None:
+    p88 = FakeP88(statuses=[(0, "000000010000000000000004"), (18, "000000010000000000000004"), (18, POINT["segment"])])
+    assert p88.wait() == 0
+    assert p88.calls == [
+        ("restore-point", "--json", "p"),
+        ("status", "--json"),
+        ("status", "--json"),
+        ("status", "--json"),
+    ]
+    assert p88.now == 4  # polled, not busy-waited
+
+
+def test_the_wait_is_bounded() -> None:
+    p88 = FakeP88(statuses=[(0, "000000010000000000000004")])
+    assert p88.wait(timeout=10) == 17
+    assert p88.now == 10 and len(p88.calls) == 7  # restore-point, then a look every 2 s for 10 s
+
+
+@pytest.mark.parametrize(("point_rc", "status_rc", "expected", "calls"), [(13, 0, 13, 1), (0, 8, 8, 2), (0, 3, 3, 2)])
+def test_a_failed_command_ends_the_wait_with_its_exit(point_rc: int, status_rc: int, expected: int, calls: int) -> None:
+    p88 = FakeP88(point_rc, [(status_rc, None)])
+    assert p88.wait() == expected and len(p88.calls) == calls
+
+
+def test_a_command_without_json_is_a_clear_failure() -> None:
+    with pytest.raises(sr.StackRestoreError, match="restore-point --json printed no JSON"):
+        sr.archive_last_wal(lambda *argv: (0, "restore point 'p' at 0/1"), "p", 5, say=lambda _: None)
 
 
 def test_compose_command_lines() -> None:
@@ -188,10 +300,18 @@ def test_compose_command_lines() -> None:
     said: list[str] = []
     stack = sr.stack_of(model())
     runner = sr.ComposeRunner(stack, ["docker", "compose"], "/root/k.age", dry_run=True, say=said.append)
-    sr.run(sr.pitr_steps("latest", PGDATA, PGDATA + ".before-X"), runner, said.append)
+    sr.run(sr.pitr_steps("latest", PGDATA, PGDATA + ".before-X", point="before-stack-restore-X"), runner, said.append)
     sr.run(sr.dump_steps("latest", "p88", "p88_restored_x", "p88_before_x"), runner, said.append)
     commands = [line.strip().removeprefix("$ ") for line in said if line.strip().startswith("$ ")]
-    assert "docker compose stop web worker backup" in commands
+    assert commands[:3] == [
+        "docker compose stop web worker",
+        "docker compose run --rm --no-deps -T -v /root/k.age:/run/secrets/p88backup.age:ro"
+        " -e P88_AGE_IDENTITY_FILE=/run/secrets/p88backup.age backup restore-point --json before-stack-restore-X",
+        "docker compose run --rm --no-deps -T -v /root/k.age:/run/secrets/p88backup.age:ro"
+        " -e P88_AGE_IDENTITY_FILE=/run/secrets/p88backup.age backup status --json",
+    ]
+    assert commands[3] == "docker compose stop backup"
+    assert "docker compose stop web worker backup" in commands  # --dump: nothing may hold the database
     restore = next(c for c in commands if "--pitr" in c)
     assert restore.startswith("docker compose run --rm --no-deps -T -v db_data:/var/lib/postgresql/data -v ")
     assert "P88_AGE_IDENTITY_FILE=/run/secrets/p88backup.age" in restore
