@@ -71,7 +71,10 @@ class RestoredServer:
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         """pg_ctl as the data directory's owner (when we are root: the server refuses to run as root)."""
-        return run_tool([str(self.pg_ctl), *args], env=self.env, user=self.owner, check=False)
+        # pg_ctl's own -t bounds its wait; this bounds pg_ctl itself (DESIGN §3.13: every wait is bounded).
+        return run_tool(
+            [str(self.pg_ctl), *args], env=self.env, user=self.owner, check=False, timeout=self.timeout + 60
+        )
 
     def start(self) -> None:
         self.logfile.parent.mkdir(exist_ok=True)
@@ -130,7 +133,7 @@ class RestoredServer:
 
     def stop(self) -> None:
         """A fast shutdown (with its checkpoint); raise if it does not stop cleanly."""
-        r = self._run("-D", str(self.datadir), "-m", "fast", "-w", "stop")
+        r = self._run("-D", str(self.datadir), "-m", "fast", "-w", "-t", str(int(min(self.timeout, 600))), "stop")
         if r.returncode != 0:
             raise PitrTargetError(f"the restored server did not stop cleanly: {stderr_tail(r.stderr)}")
 
