@@ -88,7 +88,8 @@ def keys_cmd(app: App, check: bool, asked: tuple[str, ...], as_json: bool) -> No
     if closed:
         raise CryptoError(
             f"the identity here cannot open {len(closed)} of {tried} encrypted objects (first: {closed[0]})",
-            hint="keep the key that opens them until expire has removed them, or re-encrypt history files"
+            hint="keep the key that opens them until expire has removed them; history files: store them unencrypted "
+            "(runbook §10)"
             " (docs/BU_recovery.md, key rotation)",
         )
 

@@ -96,7 +96,7 @@ def test_wal_stored_before_the_configured_keys_took_over_keeps_retired_keys(
     a = report.use("A")
     assert a is not None and a.needed is bool(suspect)
     if history:
-        assert "history file" in a.why and "re-encrypt" in a.why
+        assert "history file" in a.why and "store them unencrypted" in a.why
 
 
 def test_unreadable_manifests_keep_every_retired_key() -> None:

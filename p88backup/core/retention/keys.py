@@ -22,7 +22,7 @@ it. This module answers that from what storage holds:
   does not rely on it.
 * **Timeline history files** are WAL too, but ``expire`` keeps them for good
   and every restore reads them all: one encrypted to a retired key only
-  blocks retirement until it is re-encrypted (the runbook says how).
+  blocks retirement until it is stored unencrypted (the runbook's §10 says how; new ones always are).
 
 The exact check, :func:`unopenable`, runs where a private key is (the drill
 host, with only the keys that stay): it tries the identities on the header of
@@ -139,7 +139,7 @@ def key_report(
         elif wal_keys.history:
             use.why = (
                 f"{len(wal_keys.history)} timeline history file(s) stored before the configured keys took over"
-                " may be encrypted to it; expire keeps history files: re-encrypt them (runbook)"
+                " may be encrypted to it; expire keeps history files: store them unencrypted (runbook §10)"
             )
         elif wal_keys.suspect:
             use.why = (
