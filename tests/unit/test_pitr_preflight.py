@@ -72,3 +72,27 @@ def test_missing_base_backup_object_refuses_before_force_empties_the_target(tmp_
     with pytest.raises(ObjectNotFoundError):
         PitrRestorer(storage, make_codec(), PitrOptions(Target("latest"), target, "true", force=True)).run()
     assert (target / "precious").read_text() == "keep me"
+
+
+def test_latest_that_stopped_before_the_newest_archived_wal_fails_loudly(tmp_path: Path) -> None:
+    # Seen before the fix: a 'latest' restore from a backup that carried an old recovery target
+    # stopped right after the backup's end, exited 0, and 3 of 1013 rows were missing.
+    from p88backup.core.pitr.plan import RecoveryPlan
+    from p88backup.core.pitr.restore import PitrResult
+    from p88backup.core.pitr.server import Promotion
+    from p88backup.errors import PitrTargetError
+
+    restorer = PitrRestorer(_storage(encrypted=False), make_codec(), PitrOptions(Target("latest"), tmp_path, "true"))
+    plan = RecoveryPlan("20261127T020000Z", 1, 9, "000000010000000000000009")
+    result = PitrResult("20261127T020000Z", "latest", str(tmp_path), 1, 9, 0.0, log_file="server.log")
+    stopped_early = Promotion(
+        None, "0/5000100", 2, "recovery stopping before commit of transaction 727", 0x5000100, SEG
+    )
+    with pytest.raises(PitrTargetError, match="before the newest archived WAL.*recovery stopping before commit"):
+        restorer._check_replayed_all(plan, stopped_early, result)
+    replayed = Promotion(None, "0/9000100", 2, None, 0x9000100, SEG)
+    restorer._check_replayed_all(plan, replayed, result)
+    assert result.replayed_to == "000000010000000000000009"
+
+
+SEG = 16 * 1024 * 1024
