@@ -94,6 +94,19 @@ def open_lock_file(path: Path) -> tuple[int, bool]:
     raise ConfigError(f"cannot open lock file {path}: it keeps appearing and disappearing")
 
 
+def flock_within(fd: int, wait: float, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Take an exclusive flock on ``fd``, waiting up to ``wait`` seconds; False if it stayed held."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            sleep(min(1.0, max(0.02, deadline - time.monotonic())))
+
+
 @contextmanager
 def job_lock(
     lock_dir: Path,
@@ -111,19 +124,12 @@ def job_lock(
     path = lock_dir / f"{job}.lock"
     fd, writable = open_lock_file(path)
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                    raise LockedError(
-                        f"another {job} run is in progress (pid {holder}, lock {path})",
-                        hint="wait for it to finish, or pass --wait SECONDS",
-                    ) from None
-                sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        if not flock_within(fd, wait, sleep):
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise LockedError(
+                f"another {job} run is in progress (pid {holder}, lock {path})",
+                hint="wait for it to finish, or pass --wait SECONDS",
+            )
         if writable:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -323,10 +323,8 @@ def parse(text: str) -> list[Metric]:
 
 @contextmanager
 def _locked(lock_path: Path, timeout: float) -> Iterator[None]:
-    import fcntl
-
     from p88backup.errors import ConfigError
-    from p88backup.locks import open_lock_file
+    from p88backup.locks import flock_within, open_lock_file
 
     # The job locks' opener: root and the service user both write this textfile (cron runs jobs as
     # postgres, an operator as root), so the lock file is 0666 whatever the umask, and one that
@@ -339,15 +337,8 @@ def _locked(lock_path: Path, timeout: float) -> Iterator[None]:
         reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
         raise PermissionError(f"cannot use the metrics lock {lock_path} (uid {os.geteuid()}): {reason}") from None
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{lock_path} is held by another process for more than {timeout:g}s") from None
-                time.sleep(0.02)
+        if not flock_within(fd, timeout):
+            raise TimeoutError(f"{lock_path} is held by another process for more than {timeout:g}s")
         yield
     finally:
         os.close(fd)  # releases the lock

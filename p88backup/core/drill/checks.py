@@ -125,6 +125,36 @@ def sql_checks(
     return results
 
 
+@dataclass(frozen=True)
+class CheckRun:
+    """The checks of one restored copy, and when the RTO clock stopped."""
+
+    checks: list[DrillCheckResult]
+    passed_at: float | None  # monotonic time every counted check had passed (None: one failed)
+    checks_seconds: float  # from the end of the restore until then
+    amcheck_seconds: float  # pg_amcheck, after the RTO clock stopped
+
+
+def checks_after_restore(
+    ci: ConnInfo,
+    first: list[DrillCheckResult],
+    configured: Sequence[Any],
+    default_db: str,
+    databases: Sequence[str],
+    major: int,
+    pg_bin_dir: Path | None,
+    restored_at: float,
+) -> CheckRun:
+    """``first`` (e.g. row counts) and the configured SQL checks, which stop the RTO clock when they
+    pass; then pg_amcheck where installed."""
+    checks = list(first) + sql_checks(ci, configured, default_db, databases)
+    passed_at = None if any(c.status == "failed" for c in checks) else time.monotonic()
+    checks_s = time.monotonic() - restored_at
+    t_am = time.monotonic()
+    checks += amcheck(ci, databases, major, pg_bin_dir)
+    return CheckRun(checks, passed_at, checks_s, time.monotonic() - t_am)
+
+
 def _run_check(ci: ConnInfo, sql: str) -> tuple[bool, str]:
     try:
         with ci.connect() as conn:

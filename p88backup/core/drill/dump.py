@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 
 from p88backup.catalog.models import DrillCheckResult, DrillRun, DumpManifest
-from p88backup.core.drill.checks import amcheck, row_count_check, sql_checks
+from p88backup.core.drill.checks import checks_after_restore, row_count_check
 from p88backup.core.drill.context import DrillContext, restore_failure
 from p88backup.core.drill.report import rpo_seconds, rto_seconds, run_ok
 from p88backup.core.drill.scratch import ScratchCluster, make_private_dir
@@ -104,16 +104,14 @@ def drill_dump(ctx: DrillContext, manifest: DumpManifest, *, jobs: int = 1) -> D
                     DumpRestorer(ci, ctx.storage, ctx.codec, options).run(manifest)
                     restored.append(db.name)
                 restore_s = time.monotonic() - t0
-                checks += [row_count_check(ci, db) for db in manifest.databases]
                 wanted = ctx.source_ci.dbname if ctx.source_ci is not None else None
                 default_db = wanted if wanted in restored else restored[0]
-                checks += sql_checks(ci, ctx.checks, default_db, restored)
-                if not any(c.status == "failed" for c in checks):
-                    passed_at = time.monotonic()
-                checks_s = time.monotonic() - t0 - restore_s
-                t_am = time.monotonic()
-                checks += amcheck(ci, restored, major, ctx.pg_bin_dir)
-                amcheck_s = time.monotonic() - t_am
+                counts = [row_count_check(ci, db) for db in manifest.databases]
+                done = checks_after_restore(
+                    ci, counts, ctx.checks, default_db, restored, major, ctx.pg_bin_dir, t0 + restore_s
+                )
+                checks += done.checks
+                passed_at, checks_s, amcheck_s = done.passed_at, done.checks_seconds, done.amcheck_seconds
             except Exception as exc:
                 error = restore_failure(exc)
                 if restore_s is None:  # the restore itself failed: say which stored object is at fault, if one is

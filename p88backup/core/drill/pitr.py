@@ -20,7 +20,7 @@ from pathlib import Path
 
 from p88backup.catalog.backups import Catalog
 from p88backup.catalog.models import BaseBackupManifest, DrillCheckResult, DrillRun
-from p88backup.core.drill.checks import amcheck, databases_of, sql_checks
+from p88backup.core.drill.checks import checks_after_restore, databases_of
 from p88backup.core.drill.context import DrillContext, restore_failure
 from p88backup.core.drill.report import rpo_seconds, rto_seconds, run_ok
 from p88backup.core.drill.scratch import make_private_dir, remove_tree
@@ -130,13 +130,11 @@ def drill_pitr(
             ci = copy_conninfo(ctx.source_ci, port)
             databases = databases_of(ci)
             default_db = ctx.source_ci.dbname if ctx.source_ci is not None else "postgres"
-            checks += sql_checks(ci, ctx.checks, default_db, databases)
-            if not any(c.status == "failed" for c in checks):
-                passed_at = time.monotonic()
-            checks_s = time.monotonic() - t0 - restore_s
-            t_am = time.monotonic()
-            checks += amcheck(ci, databases, major, ctx.pg_bin_dir)
-            amcheck_s = time.monotonic() - t_am
+            done = checks_after_restore(
+                ci, [], ctx.checks, default_db, databases, major, ctx.pg_bin_dir, t0 + restore_s
+            )
+            checks += done.checks
+            passed_at, checks_s, amcheck_s = done.passed_at, done.checks_seconds, done.amcheck_seconds
         except Exception as exc:
             error = restore_failure(exc)
             log.error("drill: point-in-time restore failed", extra={"p88": {"id": backup_id, "error": error}})
