@@ -511,6 +511,8 @@ def test_cron_runs_the_schedulers_jobs_at_its_times(path: Path) -> None:
         assert name == argv[0], job.where  # the wrapper's name is the job's
         from_cron[argv[0].replace("-", "_")] = job.schedule
         assert [a for _, a in after] in ([], [["verify", "latest"]]), job.where
+    # `status` is no scheduler job (the scheduler checks it every minute for /healthz): cron runs it hourly.
+    assert from_cron.pop("status") == "10 * * * *"
     assert from_cron == schedule
 
 
