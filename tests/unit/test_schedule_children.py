@@ -44,14 +44,17 @@ def wait_for_file(path: Path, timeout: float) -> str:
     raise AssertionError(f"{path} was not written within {timeout}s")
 
 
-def child_of(parent: int) -> int | None:
+def child_of(parent: int, running: Path) -> int | None:
+    """The child of ``parent`` that runs ``running`` (the session's other children, e.g. an S3 server a
+    fixture started, are none of this test's business)."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 status = (entry / "status").read_text()
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if f"\nPPid:\t{parent}\n" in status:
+            if f"\nPPid:\t{parent}\n" in status and str(running).encode() in cmdline:
                 return int(entry.name)
     return None
 
@@ -72,7 +75,7 @@ def test_a_killed_job_ends_its_run_although_a_tool_it_started_still_holds_its_st
     tool = int(wait_for_file(pid_file, 20))
     try:
         deadline = time.monotonic() + 10
-        while (child := child_of(os.getpid())) is None or child == tool:
+        while (child := child_of(os.getpid(), program)) is None or child == tool:
             assert time.monotonic() < deadline, "the job's child did not appear"
             time.sleep(0.05)
         os.kill(child, signal.SIGKILL)  # the OOM killer, say
