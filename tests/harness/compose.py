@@ -20,7 +20,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.harness.procs import cache_dir
+from tests.harness.postgres import PgCluster
+from tests.harness.procs import cache_dir, service_user
+
+REPO = Path(__file__).resolve().parents[2]
 
 COMPOSE_MODULE = "github.com/docker/compose/v5"
 # v5.6.0 builds unpatched with Go 1.26; v5.7.x needs a newer toolchain and a dependency the
@@ -130,3 +133,30 @@ def run_compose(
         timeout=RUN_TIMEOUT,
         check=False,
     )
+
+
+def run_initdb_script(cluster: PgCluster, database: str, env: dict[str, str]) -> None:
+    """compose/initdb/10-p88backup-role.sh as the db image's entrypoint runs it at the first start: as
+    postgres, with PGDATA, POSTGRES_USER/DB and the passwords in the environment, psql reaching the server."""
+    user = service_user()
+    r = subprocess.run(
+        ["bash", str(REPO / "compose" / "initdb" / "10-p88backup-role.sh")],
+        env={
+            "PATH": f"{cluster.bindir}:/usr/bin:/bin",
+            "PGDATA": str(cluster.datadir),
+            "PGHOST": str(cluster.socket_dir),
+            "PGPORT": str(cluster.port),
+            "POSTGRES_USER": "postgres",
+            "POSTGRES_DB": database,
+            **env,
+        },
+        user=user,
+        group=user,
+        extra_groups=[] if user else None,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr

@@ -107,3 +107,19 @@ def service_user_cannot_run(argvs: list[list[str]], timeout: float = 60) -> str 
 
 def ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def children_named(parent: int, name: str) -> list[int]:
+    """Pids of ``parent``'s children whose process name is ``name`` (e.g. pg_restore, pg_dump)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("PPid", "").strip() == str(parent) and fields.get("Name", "").strip() == name:
+            found.append(int(entry.name))
+    return found

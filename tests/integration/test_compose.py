@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.compose import compose_binary, run_compose
+from tests.harness.compose import compose_binary, run_compose, run_initdb_script
 from tests.harness.deploy import (
     COMPOSE_DIR,
     db_setting_problems,
@@ -29,7 +29,6 @@ from tests.harness.deploy import (
 )
 from tests.harness.helpers import unavailable
 from tests.harness.postgres import PgCluster
-from tests.harness.procs import service_user
 
 REQUIRED = {
     "ENVIRONMENT",
@@ -180,33 +179,6 @@ def test_a_missing_prod_env_file_is_refused(compose_cli: Path, prod_project: Pat
     assert "env/prod/backup.env" in r.stderr
 
 
-def _run_initdb_script(cluster: PgCluster, env: dict[str, str]) -> None:
-    """compose/initdb/10-p88backup-role.sh as the image's entrypoint runs it: as postgres, with
-    PGDATA, POSTGRES_USER/DB and the passwords in the environment, psql reaching the server."""
-    user = service_user()
-    r = subprocess.run(
-        ["bash", str(COMPOSE_DIR / "initdb" / "10-p88backup-role.sh")],
-        env={
-            "PATH": f"{cluster.bindir}:/usr/bin:/bin",
-            "PGDATA": str(cluster.datadir),
-            "PGHOST": str(cluster.socket_dir),
-            "PGPORT": str(cluster.port),
-            "POSTGRES_USER": "postgres",
-            "POSTGRES_DB": "postgres",
-            **env,
-        },
-        user=user,
-        group=user,
-        extra_groups=[] if user else None,
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert r.returncode == 0, r.stderr
-
-
 def _psql(cluster: PgCluster, conninfo: str, sql: str, password: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(cluster.bindir / "psql"), "-X", "-At", "-d", conninfo, "-c", sql],
@@ -241,8 +213,9 @@ def test_the_db_settings_and_roles_let_the_sidecar_stream_on_real_postgresql(
     before = _psql(cluster, replication, "IDENTIFY_SYSTEM", PROD_VALUES["P88_BACKUP_PASSWORD"])
     assert before.returncode != 0 and "no pg_hba.conf entry for replication connection" in before.stderr
 
-    _run_initdb_script(
+    run_initdb_script(
         cluster,
+        "postgres",
         {k: PROD_VALUES[k] for k in ("P88_BACKUP_PASSWORD", "P88_MONITOR_PASSWORD")},
     )
     cluster.restart()  # the image starts the real server after the init scripts

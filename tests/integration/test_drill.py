@@ -26,7 +26,7 @@ from p88backup.errors import ExitCode
 from tests.harness.archiving import Archived, make_archived
 from tests.harness.helpers import REPO, cli_env, init_storage, json_out, log_lines, ok, run_cli
 from tests.harness.postgres import PgCluster, has_contrib, program_runs
-from tests.harness.procs import free_port
+from tests.harness.procs import children_named, free_port
 
 CHECK = "orders restored"
 
@@ -209,17 +209,7 @@ def test_a_bad_dump_a_missing_wal_segment_and_a_failing_check_each_fail_the_dril
 
 def child_named(pid: int, name: str) -> bool:
     """Whether process ``pid`` has a child called ``name`` (pg_restore: the drill is mid-restore)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        if fields.get("PPid", "").strip() == str(pid) and fields.get("Name", "").strip() == name:
-            return True
-    return False
+    return bool(children_named(pid, name))
 
 
 @pytest.mark.timeout(600)

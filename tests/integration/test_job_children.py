@@ -20,6 +20,7 @@ import pytest
 
 from tests.harness.helpers import REPO, cli_env, init_storage
 from tests.harness.postgres import PgCluster
+from tests.harness.procs import children_named
 
 
 def directory_pg_dumps(parent: int) -> list[int]:
@@ -31,21 +32,6 @@ def directory_pg_dumps(parent: int) -> list[int]:
                 found.append(pid)
         except OSError:
             continue
-    return found
-
-
-def children_named(parent: int, name: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        if fields.get("PPid", "").strip() == str(parent) and fields.get("Name", "").strip() == name:
-            found.append(int(entry.name))
     return found
 
 

@@ -37,7 +37,8 @@ from pathlib import Path
 import pytest
 
 from tests.harness.archiving import Archived, make_archived
-from tests.harness.deploy import COMPOSE_DIR, cli_parse_error, p88backup_argv, split_commands
+from tests.harness.compose import run_initdb_script
+from tests.harness.deploy import cli_parse_error, p88backup_argv, split_commands
 from tests.harness.helpers import REPO, json_out, ok, run_cli, table_checksums
 from tests.harness.postgres import PgCluster, program_runs
 from tests.harness.procs import service_user, stop_process
@@ -274,38 +275,11 @@ def test_pitr_into_the_same_directory_and_the_sidecar_archives_the_new_timeline(
     assert pg.scalar(note, "p88") == 100
 
 
-def _run_initdb_script(pg: PgCluster) -> None:
-    """compose/initdb/10-p88backup-role.sh, as the db image runs it at the first start."""
-    user = service_user()
-    r = subprocess.run(
-        ["bash", str(COMPOSE_DIR / "initdb" / "10-p88backup-role.sh")],
-        env={
-            "PATH": f"{pg.bindir}:/usr/bin:/bin",
-            "PGDATA": str(pg.datadir),
-            "PGHOST": str(pg.socket_dir),
-            "PGPORT": str(pg.port),
-            "POSTGRES_USER": "postgres",
-            "POSTGRES_DB": "p88",
-            "P88_BACKUP_PASSWORD": "backup-pw",
-            "P88_MONITOR_PASSWORD": "monitor-pw",
-        },
-        user=user,
-        group=user,
-        extra_groups=[] if user else None,
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert r.returncode == 0, r.stderr
-
-
 @pytest.mark.timeout(600)
 def test_dump_swapped_in_as_the_superuser_not_as_the_backup_role(stack: LocalRunner) -> None:
     pg = stack.arch.pg
     pg.sql("CREATE DATABASE p88")
-    _run_initdb_script(pg)
+    run_initdb_script(pg, "p88", {"P88_BACKUP_PASSWORD": "backup-pw", "P88_MONITOR_PASSWORD": "monitor-pw"})
     pg.sql("CREATE TABLE orders (id int PRIMARY KEY, note text)", "p88")
     pg.sql("INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, 3000) g", "p88")
     good = table_checksums(pg, "p88")

@@ -253,8 +253,10 @@ def test_an_invalidated_slot_is_reported_recreated_and_archiving_goes_on(
 
     with streamer(env, spool, log):
         wait_until(
-            lambda: pg.scalar("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'p88backup'")
-            in ("reserved", "extended"),
+            lambda: (
+                pg.scalar("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'p88backup'")
+                in ("reserved", "extended")
+            ),
             60,
             "a working slot again",
             log,
