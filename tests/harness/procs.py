@@ -110,16 +110,27 @@ def ci() -> bool:
 
 
 def children_named(parent: int, name: str) -> list[int]:
-    """Pids of ``parent``'s children whose process name is ``name`` (e.g. pg_restore, pg_dump)."""
+    """Pids of ``parent``'s live children named ``name`` (e.g. pg_restore, pg_dump) doing work.
+
+    Left out: ``--version`` probes, and exited children not yet reaped (a zombie keeps its name
+    but has no command line, so a probe that just ended would look like the real run).
+    """
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             status = (entry / "status").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        if fields.get("PPid", "").strip() == str(parent) and fields.get("Name", "").strip() == name:
+        if (
+            fields.get("PPid", "").strip() == str(parent)
+            and fields.get("Name", "").strip() == name
+            and not fields.get("State", "").startswith("Z")
+            and argv != [b""]
+            and b"--version" not in argv
+        ):
             found.append(int(entry.name))
     return found

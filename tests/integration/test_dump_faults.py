@@ -19,6 +19,7 @@ from p88backup.errors import ExitCode
 from p88backup.locks import job_lock
 from tests.harness.helpers import REPO, cli_env, init_storage, initialised, json_out, ok, run_cli
 from tests.harness.postgres import PgCluster, contrib_major, tools_search_path
+from tests.harness.procs import children_named
 from tests.harness.s3 import S3Server, start_minio
 
 
@@ -65,15 +66,12 @@ def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def child_named(proc: subprocess.Popen[str], name: str, timeout: float = 30) -> psutil.Process:
-    """The running ``name`` child doing the work (not a ``--version`` probe)."""
+    """The running ``name`` child doing the work (not a ``--version`` probe, not one that ended)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            try:
-                if child.name() == name and "--version" not in child.cmdline():
-                    return child
-            except psutil.NoSuchProcess:
-                continue
+        found = children_named(proc.pid, name)
+        if found:
+            return psutil.Process(found[0])
         time.sleep(0.05)
     raise AssertionError(f"no {name} child appeared")
 
