@@ -21,6 +21,10 @@ from tests.harness.helpers import REPO
 COMPOSE_DIR = REPO / "compose"
 CRON_DIR = REPO / "cron"
 RUNBOOK = REPO / "docs" / "BU_recovery.md"
+# Variables the stack cannot start without (`${VAR:?…}` in the compose files; none has a default).
+REQUIRED_VARIABLES = frozenset(
+    {"ENVIRONMENT", "IMAGE_REPO", "IMAGE_TAG", "POSTGRES_PASSWORD", "P88_BACKUP_PASSWORD", "P88_MONITOR_PASSWORD"}
+)
 
 # container_stack.md §8: db and search keep the capabilities (and writable root) their upstream
 # entrypoints need; pgAdmin (dev only) writes its config into the image at start.

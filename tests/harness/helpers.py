@@ -35,6 +35,15 @@ def unavailable(what: str, exc: BaseException | str) -> None:
     pytest.skip(message)
 
 
+def other_user() -> str:
+    """The service user (postgres) as a second user of one deployment; the tests run as root."""
+    user = procs.service_user()
+    if user is None:
+        unavailable("a second user (run the tests as root)", "not root")
+    assert user is not None
+    return user
+
+
 def new_bucket(server: S3Server) -> str:
     return server.create_bucket(f"p88-{uuid.uuid4().hex[:12]}")
 

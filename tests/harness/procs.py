@@ -83,6 +83,23 @@ def make_traversable(path: Path) -> None:
             os.chmod(parent, (mode & 0o7777) | 0o001)
 
 
+def run_as(
+    user: str, argv: list[str], *, cwd: Path | str = "/", env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as ``user`` with that user's own group only (as cron runs the sidecar's jobs)."""
+    return subprocess.run(
+        argv,
+        user=user,
+        group=user,
+        extra_groups=[],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def service_user_cannot_run(argvs: list[list[str]], timeout: float = 60) -> str | None:
     """Why the service user cannot run one of these commands (each a quick ``--version``), or None.
 
@@ -95,9 +112,7 @@ def service_user_cannot_run(argvs: list[list[str]], timeout: float = 60) -> str 
         return None
     for argv in argvs:
         try:
-            r = subprocess.run(
-                argv, user=user, group=user, extra_groups=[], capture_output=True, text=True, timeout=timeout, cwd="/"
-            )
+            r = run_as(user, argv, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"{argv[0]}: {exc}"
         if r.returncode != 0:

@@ -22,6 +22,7 @@ import pytest
 from tests.harness.compose import compose_binary, run_compose, run_initdb_script
 from tests.harness.deploy import (
     COMPOSE_DIR,
+    REQUIRED_VARIABLES,
     db_setting_problems,
     env_file_names,
     postgres_settings,
@@ -30,14 +31,6 @@ from tests.harness.deploy import (
 from tests.harness.helpers import unavailable
 from tests.harness.postgres import PgCluster
 
-REQUIRED = {
-    "ENVIRONMENT",
-    "IMAGE_REPO",
-    "IMAGE_TAG",
-    "POSTGRES_PASSWORD",
-    "P88_BACKUP_PASSWORD",
-    "P88_MONITOR_PASSWORD",
-}
 PROD_VALUES = {
     "ENVIRONMENT": "prod",
     "IMAGE_REPO": "registry.gitlab.com/p88/app",
@@ -148,12 +141,12 @@ def test_the_required_variables_are_the_secrets_and_what_has_no_safe_default(
     r = config(compose_cli, prod_project, "config", "--variables", "--format", "json")
     variables = model(r)
     required = {name for name, v in variables.items() if v.get("Required")}
-    assert required == REQUIRED
+    assert required == REQUIRED_VARIABLES
     documented = env_file_names((prod_project / ".env.example").read_text())
     assert set(variables) <= documented, sorted(set(variables) - documented)
 
 
-@pytest.mark.parametrize("missing", sorted(REQUIRED))
+@pytest.mark.parametrize("missing", sorted(REQUIRED_VARIABLES))
 def test_a_missing_required_variable_is_refused(compose_cli: Path, prod_project: Path, missing: str) -> None:
     env_file = prod_project / ".env"
     env_file.write_text(re.sub(rf"^{missing}=.*$", f"{missing}=", env_file.read_text(), flags=re.M))
@@ -167,7 +160,7 @@ def test_env_example_copied_unfilled_is_refused(compose_cli: Path, prod_project:
     r = config(compose_cli, prod_project, "config", "-q")
     assert r.returncode != 0
     # one message per field: `image: ${IMAGE_REPO:?}:${IMAGE_TAG:?}` names IMAGE_REPO only
-    for name in REQUIRED - {"IMAGE_TAG"}:
+    for name in REQUIRED_VARIABLES - {"IMAGE_TAG"}:
         assert f"required variable {name} is missing a value" in r.stderr
 
 

@@ -212,6 +212,37 @@ def child_named(pid: int, name: str) -> bool:
     return bool(children_named(pid, name))
 
 
+def sigterm_drill(
+    args: list[str], env: dict[str, str], ready: Callable[[int], bool], what: str, settle: float = 0.0
+) -> tuple[int, str]:
+    """Run ``drill *args``, send it SIGTERM once ``ready(pid)`` holds (and still holds ``settle`` s
+    later); its exit status and stderr."""
+    drill = subprocess.Popen(
+        [sys.executable, "-m", "p88backup", "--log-format", "json", "drill", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready(drill.pid):
+            assert drill.poll() is None, f"the drill ended before {what}: {drill.communicate()}"
+            assert time.monotonic() < deadline, f"{what} never started"
+            time.sleep(0.05)
+        if settle:
+            time.sleep(settle)
+            assert ready(drill.pid)
+        drill.send_signal(signal.SIGTERM)
+        _, err = drill.communicate(timeout=120)
+    finally:
+        if drill.poll() is None:
+            drill.kill()
+            drill.communicate()
+    return drill.returncode, err
+
+
 @pytest.mark.timeout(600)
 def test_sigterm_in_the_middle_of_a_restore_cleans_up_and_exits_16(
     pg_factory: Callable[..., PgCluster], tmp_path: Path
@@ -229,29 +260,9 @@ def test_sigterm_in_the_middle_of_a_restore_cleans_up_and_exits_16(
     src = Source(
         Archived(pg, env, config, tmp_path), "", "", datetime.now(), databases(pg), (low, low + 5)
     )  # no base backup: the dump drill only
-    drill = subprocess.Popen(
-        [sys.executable, "-m", "p88backup", "--log-format", "json", "drill"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not child_named(drill.pid, "pg_restore"):
-            assert drill.poll() is None, f"the drill ended before its restore: {drill.communicate()}"
-            assert time.monotonic() < deadline, "pg_restore never started"
-            time.sleep(0.05)
-        time.sleep(0.3)  # well inside the restore: the data is being copied
-        assert child_named(drill.pid, "pg_restore")
-        drill.send_signal(signal.SIGTERM)
-        _, err = drill.communicate(timeout=120)
-    finally:
-        if drill.poll() is None:
-            drill.kill()
-            drill.communicate()
-    assert drill.returncode == ExitCode.INTERRUPTED, err
+    # well inside the restore (pg_restore still running 0.3 s after it started): the data is being copied
+    returncode, err = sigterm_drill([], env, lambda pid: child_named(pid, "pg_restore"), "its restore", settle=0.3)
+    assert returncode == ExitCode.INTERRUPTED, err
     assert "drill stopped by SIGTERM" in error_line(err)
     assert_nothing_left(src)
     assert json.loads(ok(run_cli(["list", "--kind", "drill", "--json"], env)).stdout) == []  # no report of it
@@ -275,27 +286,13 @@ def test_sigterm_while_the_copy_replays_wal_stops_its_server_and_exits_16(
     src = Source(arch, "", base_id, datetime.now(), databases(pg), (low, low + 5))
     work = tmp_path / "work"
     extra = () if program_runs(pg.bindir / "pg_verifybackup") else ("--no-verify",)
-    drill = subprocess.Popen(
-        [sys.executable, "-m", "p88backup", "--log-format", "json", "drill", "--no-dump", *extra],
-        env=arch.env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    returncode, err = sigterm_drill(
+        ["--no-dump", *extra],
+        arch.env,
+        lambda _pid: any("postgres: startup" in p for p in scratch_processes(work)),
+        "the copy's recovery",
     )
-    try:
-        deadline = time.monotonic() + 120
-        while not any("postgres: startup" in p for p in scratch_processes(work)):
-            assert drill.poll() is None, f"the drill ended before its recovery: {drill.communicate()}"
-            assert time.monotonic() < deadline, "the copy's recovery never started"
-            time.sleep(0.05)
-        drill.send_signal(signal.SIGTERM)
-        _, err = drill.communicate(timeout=120)
-    finally:
-        if drill.poll() is None:
-            drill.kill()
-            drill.communicate()
-    assert drill.returncode == ExitCode.INTERRUPTED, err
+    assert returncode == ExitCode.INTERRUPTED, err
     assert "drill stopped by SIGTERM" in error_line(err)
     assert_nothing_left(src)
 

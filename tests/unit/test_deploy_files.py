@@ -23,6 +23,7 @@ from tests.harness.deploy import (
     COMPOSE_DIR,
     CRON_DIR,
     REPO,
+    REQUIRED_VARIABLES,
     CommandLine,
     compose_variables,
     cron_commands,
@@ -45,14 +46,6 @@ from tests.harness.deploy import (
 
 BASE = COMPOSE_DIR / "docker-compose.yml"
 DEV = COMPOSE_DIR / "docker-compose.dev.yml"
-REQUIRED = {
-    "ENVIRONMENT",
-    "IMAGE_REPO",
-    "IMAGE_TAG",
-    "POSTGRES_PASSWORD",
-    "P88_BACKUP_PASSWORD",
-    "P88_MONITOR_PASSWORD",
-}
 CRON_FILES = [CRON_DIR / "p88backup", CRON_DIR / "p88backup-compose"]
 
 
@@ -252,7 +245,7 @@ def compose_default(text: str, name: str) -> str:
 
 def test_secrets_and_values_without_a_safe_default_are_required() -> None:
     variables = compose_variables(BASE.read_text())
-    for name in REQUIRED:
+    for name in REQUIRED_VARIABLES:
         assert variables.get(name) == {":?"}, f"{name}: {variables.get(name)}"
     for name, operators in variables.items():
         assert operators, f"${{{name}}} is used bare: it would be blank when unset"
@@ -265,13 +258,13 @@ def test_every_variable_is_documented_in_env_example() -> None:
     assert "APP_SRC" in env_file_values((COMPOSE_DIR / "env" / "dev" / "compose.env").read_text())
     # the required ones are listed, all empty: copied unfilled, the file is refused
     values = env_file_values((COMPOSE_DIR / ".env.example").read_text())
-    assert set(values) == REQUIRED
+    assert set(values) == REQUIRED_VARIABLES
     assert not any(values.values())
 
 
 def test_dev_compose_env_sets_every_required_variable() -> None:
     values = env_file_values((COMPOSE_DIR / "env" / "dev" / "compose.env").read_text())
-    assert all(values.get(name) for name in REQUIRED)
+    assert all(values.get(name) for name in REQUIRED_VARIABLES)
     assert values["ENVIRONMENT"] == "dev"
     assert values["COMPOSE_FILE"].split(":") == ["docker-compose.yml", "docker-compose.dev.yml"]
 

@@ -10,8 +10,8 @@ import pytest
 
 from p88backup.errors import ExitCode, LockedError
 from p88backup.locks import job_lock
-from tests.harness.helpers import REPO, cli_env, unavailable
-from tests.harness.procs import make_traversable, service_user
+from tests.harness.helpers import REPO, cli_env, other_user
+from tests.harness.procs import make_traversable, run_as
 
 
 def test_second_holder_is_refused_then_admitted(tmp_path: Path) -> None:
@@ -48,25 +48,9 @@ def test_lock_dies_with_its_process(tmp_path: Path) -> None:
 # operator once ran the same job as root.
 
 
-def other_user() -> str:
-    user = service_user()
-    if user is None:
-        unavailable("a second user (run the tests as root)", "not root")
-    assert user is not None
-    return user
-
-
 def as_user(user: str, code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "import pathlib, sys\nfrom p88backup.locks import job_lock\n" + code],
-        user=user,
-        group=user,
-        extra_groups=[],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    prelude = "import pathlib, sys\nfrom p88backup.locks import job_lock\n"
+    return run_as(user, [sys.executable, "-c", prelude + code], cwd=REPO)
 
 
 def take(lock_dir: Path, job: str) -> str:
@@ -168,16 +152,11 @@ def test_unusable_lock_is_one_line_with_the_fix(
     if file_mode is not None:
         (shared / "dump.lock").write_text("")
         os.chmod(shared / "dump.lock", file_mode)
-    r = subprocess.run(
+    r = run_as(
+        user,
         [sys.executable, "-m", "p88backup", "--log-format", "console", "dump"],
-        user=user,
-        group=user,
-        extra_groups=[],
         cwd=REPO,
         env=cli_env(parent, P88_LOCK_DIR=str(shared)),
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
     assert r.returncode == ExitCode.CONFIG, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -191,17 +170,7 @@ def test_expire_checks_other_users_job_locks_without_a_traceback(shared: Path) -
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         env = cli_env(shared.parent, P88_LOCK_DIR=str(shared), P88_STORAGE_URL=f"file://{shared.parent}/store")
-        return subprocess.run(
-            [sys.executable, "-m", "p88backup", "--log-format", "console", *args],
-            user=user,
-            group=user,
-            extra_groups=[],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_as(user, [sys.executable, "-m", "p88backup", "--log-format", "console", *args], cwd=REPO, env=env)
 
     assert run("init").returncode == 0
     shared.mkdir(mode=0o1777)

@@ -24,8 +24,8 @@ from p88backup import metrics
 from p88backup.core.health import Facts, Limits, Newest, judge
 from p88backup.core.status import StatusReport
 from p88backup.core.wal.freshness import WalFreshness
-from tests.harness.helpers import REPO, cli_env, unavailable
-from tests.harness.procs import make_traversable, service_user
+from tests.harness.helpers import REPO, cli_env, other_user
+from tests.harness.procs import make_traversable, run_as
 
 
 @pytest.fixture(autouse=True)
@@ -284,10 +284,7 @@ def test_the_lock_serves_every_user_whatever_the_umask(tmp_path: Path) -> None:
     """Before: the lock was created with O_CREAT 0o644 through the umask, so root with umask 077 made
     a 0600 file that the service user could not open: every later write as postgres failed (only
     logged) and the metrics stopped. Now the job locks' opener: 0666, read-only when it must."""
-    user = service_user()
-    if user is None:
-        unavailable("a second user (run the tests as root)", "not root")
-    assert user is not None
+    user = other_user()
     os.chmod(tmp_path, 0o777)
     make_traversable(tmp_path)
     prom = tmp_path / "p88backup.prom"
@@ -302,16 +299,7 @@ def test_the_lock_serves_every_user_whatever_the_umask(tmp_path: Path) -> None:
         "import sys\nfrom pathlib import Path\nfrom p88backup import metrics\n"
         "metrics.job_finished('expire', ok=False, seconds=1.0)\nmetrics.write_textfile(Path(sys.argv[1]))\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code, str(prom)],
-        user=user,
-        group=user,
-        extra_groups=[],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_as(user, [sys.executable, "-c", code, str(prom)], cwd=REPO)
     assert r.returncode == 0, r.stderr
     got = samples(prom)
     assert got[("p88backup_job_failures_total", job("expire"))] == 1.0
