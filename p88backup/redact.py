@@ -19,16 +19,6 @@ SECRET_PARAMS = frozenset({"password", "sslpassword", "oauth_client_secret"})
 """libpq connection parameters whose value is a secret (dispchar ``*``)."""
 
 
-def url_password(url: str) -> str | None:
-    """The password embedded in a URL's user-info, if any (``None`` when unparsable)."""
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
 def url_secrets(url: str | None) -> list[str]:
     """Every secret value in ``url``: the user-info password and secret query
     parameters, each as written (percent-encoded) and decoded, so a log line
